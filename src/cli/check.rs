@@ -1,0 +1,212 @@
+//! `modelgate check`: one decision from flags or a request file, or one per JSON line read
+//! from standard input.
+
+use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
+
+use clap::Args;
+use modelgate::{CheckRequest, Decision, Engine, EngineOptions, ErrorPolicy, RequestError};
+use serde_json::{json, Map, Value};
+
+use super::{exit, print_diagnostics, Format, SourceArgs};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub sources: SourceArgs,
+    /// Request JSON file, or `-` to read one request per line from standard input
+    #[arg(value_name = "REQUEST")]
+    pub request: Option<PathBuf>,
+    /// The caller, such as `ApiKey::"key-ana-ml"` or `User::"ana"`
+    #[arg(long, required_unless_present = "request")]
+    pub principal: Option<String>,
+    /// The action id, such as `chat` or `embeddings`
+    #[arg(long, default_value = "chat")]
+    pub action: String,
+    /// The model id, such as `mistral-small-latest`
+    #[arg(long, conflicts_with = "resource")]
+    pub model: Option<String>,
+    /// Any other resource, such as `Workspace::"dev-workspace"`
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Estimated prompt tokens
+    #[arg(long, default_value_t = 0)]
+    pub input_tokens: u64,
+    /// The `max_tokens` the caller asks for
+    #[arg(long, default_value_t = 0)]
+    pub max_output_tokens: u64,
+    /// The caller asks for a streamed answer
+    #[arg(long)]
+    pub stream: bool,
+    /// Request time (RFC 3339) [default: now]
+    #[arg(long)]
+    pub now: Option<String>,
+    /// Extra context attributes as a JSON object
+    #[arg(long, value_name = "JSON")]
+    pub context: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// Ignore evaluation errors in permit policies (errors in forbid policies still deny)
+    #[arg(long)]
+    pub ignore_permit_errors: bool,
+    /// Largest token count accepted per request field
+    #[arg(long, default_value_t = modelgate::request::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: u64,
+}
+
+pub fn run(args: &CheckArgs) -> u8 {
+    let options = EngineOptions {
+        error_policy: if args.ignore_permit_errors {
+            ErrorPolicy::IgnorePermitErrors
+        } else {
+            ErrorPolicy::FailClosed
+        },
+        max_tokens: args.max_tokens,
+        ..EngineOptions::default()
+    };
+    let engine = match Engine::with_options(args.sources.load_options(), options) {
+        Ok(engine) => engine,
+        Err(error) => {
+            print_diagnostics(error.diagnostics(), diagnostic_format(args.format));
+            eprintln!("error: {error}");
+            return exit::ERROR;
+        }
+    };
+
+    match &args.request {
+        Some(path) if path.as_os_str() == "-" => run_batch(&engine, args.format),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let request = CheckRequest::from_json(&text);
+                answer_one(&engine, request, args.format)
+            }
+            Err(error) => {
+                eprintln!(
+                    "error: cannot read request file `{}`: {error}",
+                    path.display()
+                );
+                exit::ERROR
+            }
+        },
+        None => answer_one(&engine, request_from_flags(args), args.format),
+    }
+}
+
+fn diagnostic_format(format: Format) -> Format {
+    match format {
+        Format::Json => Format::Json,
+        _ => Format::Human,
+    }
+}
+
+fn request_from_flags(args: &CheckArgs) -> Result<CheckRequest, RequestError> {
+    let principal = args.principal.as_deref().unwrap_or_default();
+    let mut request = match (&args.model, &args.resource) {
+        (_, Some(resource)) => CheckRequest::new(principal, &args.action, resource)?,
+        (Some(model), None) => CheckRequest::for_model(principal, &args.action, model)?,
+        (None, None) => {
+            return Err(RequestError::InvalidJson(
+                "give `--model MODEL` (or `--resource` for actions on other entities)".to_string(),
+            ))
+        }
+    };
+    request = request.with_tokens(args.input_tokens, args.max_output_tokens);
+    request.facts.stream = args.stream;
+    request.now = args.now.clone();
+    if let Some(context) = &args.context {
+        request.context = serde_json::from_str::<Map<String, Value>>(context).map_err(|error| {
+            RequestError::InvalidJson(format!("`--context` is not a JSON object: {error}"))
+        })?;
+    }
+    Ok(request)
+}
+
+fn answer_one(engine: &Engine, request: Result<CheckRequest, RequestError>, format: Format) -> u8 {
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return report_request_error(&error, format, None),
+    };
+    match engine.check(&request) {
+        Ok(decision) => {
+            print_decision(&request, &decision, format);
+            if decision.is_allowed() {
+                exit::OK
+            } else {
+                exit::NEGATIVE
+            }
+        }
+        Err(error) => report_request_error(&error, format, None),
+    }
+}
+
+/// Reads one JSON request per line; a bad line is reported as a denial with its error and
+/// makes the exit code `ERROR`, but the following lines are still decided.
+fn run_batch(engine: &Engine, format: Format) -> u8 {
+    let mut worst = exit::OK;
+    let stdin = io::stdin();
+    for (index, line) in stdin.lock().lines().enumerate() {
+        let line_number = index + 1;
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                eprintln!("error: cannot read standard input: {error}");
+                return exit::ERROR;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = CheckRequest::from_json(&line);
+        let code = match request.and_then(|request| engine.check(&request).map(|d| (request, d))) {
+            Ok((request, decision)) => {
+                print_decision(&request, &decision, format);
+                if decision.is_allowed() {
+                    exit::OK
+                } else {
+                    exit::NEGATIVE
+                }
+            }
+            Err(error) => report_request_error(&error, format, Some(line_number)),
+        };
+        worst = worst.max(code);
+        let _ = io::stdout().flush();
+    }
+    worst
+}
+
+fn print_decision(request: &CheckRequest, decision: &Decision, format: Format) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(decision).unwrap_or_default()),
+        _ => print!("{}", modelgate::render::decision_human(request, decision)),
+    }
+}
+
+/// A malformed request is never evaluated; it is reported as a denial so that a script
+/// reading the output cannot mistake it for an allow.
+fn report_request_error(error: &RequestError, format: Format, line: Option<usize>) -> u8 {
+    let help = miette::Diagnostic::help(error).map(|help| help.to_string());
+    match format {
+        Format::Json => {
+            let mut value = json!({
+                "decision": "deny",
+                "error": error.to_string(),
+            });
+            if let (Some(help), Some(object)) = (&help, value.as_object_mut()) {
+                object.insert("help".to_string(), json!(help));
+            }
+            if let (Some(line), Some(object)) = (line, value.as_object_mut()) {
+                object.insert("line".to_string(), json!(line));
+            }
+            println!("{value}");
+        }
+        _ => {
+            let prefix = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            eprintln!("error: {prefix}{error}");
+            if let Some(help) = help {
+                eprintln!("  = help: {help}");
+            }
+        }
+    }
+    exit::ERROR
+}

@@ -1,0 +1,111 @@
+//! Command-line definitions and exit codes. Each subcommand lives in its own file and only
+//! parses arguments, calls the library and prints.
+
+mod check;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use modelgate::LoadOptions;
+
+/// Exit codes shared by all subcommands.
+pub mod exit {
+    /// Success: allowed, valid, or every test passed.
+    pub const OK: u8 = 0;
+    /// The command ran and the answer is negative: a denial, a validation problem, a test
+    /// failure.
+    pub const NEGATIVE: u8 = 1;
+    /// The command could not do its job: bad arguments, unreadable or invalid input, a
+    /// policy set that does not load, a malformed request.
+    pub const ERROR: u8 = 2;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "modelgate",
+    version,
+    about = "Policy-as-code access control for hosted LLM APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide one request, or one per line of JSON from standard input
+    Check(check::CheckArgs),
+    /// Parse and strictly validate policies, schema and entity data
+    Validate(validate::ValidateArgs),
+}
+
+/// Where the policy set is; shared by every subcommand that loads one.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Directory searched recursively for `.cedar` policy files
+    #[arg(long, value_name = "DIR", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Schema file or directory of `.cedarschema` files (repeatable)
+    #[arg(long, value_name = "PATH", default_value = "schema")]
+    pub schema: Vec<PathBuf>,
+    /// Entity JSON file or directory (repeatable) [default: POLICIES/entities]
+    #[arg(long, value_name = "PATH")]
+    pub entities: Vec<PathBuf>,
+    /// Accept a policy set without policies (it denies every request)
+    #[arg(long)]
+    pub allow_empty: bool,
+}
+
+impl SourceArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        let mut options = LoadOptions::new(&self.policies, PathBuf::new());
+        options.schema = self.schema.clone();
+        if !self.entities.is_empty() {
+            options.entities = self.entities.clone();
+        }
+        options.allow_empty = self.allow_empty;
+        options
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    Github,
+}
+
+pub fn run() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check(args) => check::run(&args),
+        Command::Validate(args) => validate::run(&args),
+    };
+    ExitCode::from(code)
+}
+
+/// Logs go to standard error, off unless `RUST_LOG` asks for them, so that they never mix
+/// with results on standard output.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints load diagnostics to standard error in the chosen format.
+pub fn print_diagnostics(diagnostics: &[modelgate::Diagnostic], format: Format) {
+    for diagnostic in diagnostics {
+        let text = match format {
+            Format::Human => modelgate::render::diagnostic_human(diagnostic),
+            Format::Json => serde_json::to_string(diagnostic).unwrap_or_default() + "\n",
+            Format::Github => modelgate::render::diagnostic_github(diagnostic) + "\n",
+        };
+        eprint!("{text}");
+    }
+}

@@ -1,0 +1,534 @@
+//! The public entry point: a shareable handle holding the current snapshot, answering
+//! access checks.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    Authorizer, Context, Entities, EntityUid, PolicyId, Request, RestrictedExpression,
+};
+use serde_json::{json, Map, Value};
+
+use crate::clock::{format_millis, parse_rfc3339_millis, Clock, SystemClock};
+use crate::decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason, Status};
+use crate::load::LoadOptions;
+use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
+use crate::snapshot::{LoadError, Snapshot};
+
+/// What to do when a policy fails to evaluate (for example an integer overflow or a missing
+/// attribute). Cedar on its own skips such a policy, so an erroring `forbid` lets a `permit`
+/// through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Any evaluation error denies the request. The default.
+    #[default]
+    FailClosed,
+    /// Errors in `permit` policies are ignored (the permit simply does not match); an error
+    /// in any `forbid` still denies.
+    IgnorePermitErrors,
+}
+
+/// Settings of an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// What an evaluation error does to the decision.
+    pub error_policy: ErrorPolicy,
+    /// The largest token count accepted in one request field; larger requests are rejected
+    /// before evaluation so that policy arithmetic cannot overflow.
+    pub max_tokens: u64,
+    /// The source of `context.now` for requests that do not set it.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            error_policy: ErrorPolicy::FailClosed,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The state of the engine's policy set, for health checks and operators.
+#[derive(Debug, Clone)]
+pub struct EngineStatus {
+    /// Generation of the snapshot in use; 1 for the first load, +1 per successful reload.
+    pub generation: u64,
+    /// When the snapshot in use was loaded.
+    pub loaded_at: SystemTime,
+    /// SHA-256 of the snapshot's sources.
+    pub fingerprint: String,
+    /// Number of policies in use.
+    pub policy_count: usize,
+    /// Number of entities in use.
+    pub entity_count: usize,
+    /// The error of the last reload attempt, if it failed; cleared by a successful reload.
+    pub last_error: Option<LoadError>,
+}
+
+/// A policy engine: load once, share across threads, call [`Engine::check`].
+///
+/// ```
+/// use modelgate::{CheckRequest, Engine, LoadOptions};
+///
+/// let engine = Engine::load(LoadOptions::new("policies", "schema")).unwrap();
+/// let request = CheckRequest::for_model("ApiKey::\"key-ana-ml\"", "chat", "mistral-small-latest")
+///     .unwrap()
+///     .with_tokens(120, 300);
+/// let decision = engine.check(&request).unwrap();
+/// assert!(decision.is_allowed(), "{}", decision.explanation);
+/// ```
+#[derive(Debug)]
+pub struct Engine {
+    current: ArcSwap<Snapshot>,
+    load_options: LoadOptions,
+    options: EngineOptions,
+    authorizer: Authorizer,
+    reload_state: Mutex<Option<LoadError>>,
+}
+
+impl Engine {
+    /// Loads and validates a policy set with default settings.
+    pub fn load(load_options: LoadOptions) -> Result<Self, LoadError> {
+        Self::with_options(load_options, EngineOptions::default())
+    }
+
+    /// Loads and validates a policy set with the given settings.
+    pub fn with_options(
+        load_options: LoadOptions,
+        options: EngineOptions,
+    ) -> Result<Self, LoadError> {
+        let mut snapshot = Snapshot::load(&load_options)?;
+        snapshot.generation = 1;
+        tracing::info!(
+            generation = 1,
+            policies = snapshot.policy_count(),
+            entities = snapshot.entity_count(),
+            fingerprint = %snapshot.fingerprint(),
+            "policy set loaded"
+        );
+        Ok(Self {
+            current: ArcSwap::from_pointee(snapshot),
+            load_options,
+            options,
+            authorizer: Authorizer::new(),
+            reload_state: Mutex::new(None),
+        })
+    }
+
+    /// The snapshot in use. A caller that holds it keeps it alive across reloads.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The options the engine was loaded from.
+    pub fn load_options(&self) -> &LoadOptions {
+        &self.load_options
+    }
+
+    /// The engine's settings.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Rebuilds the snapshot from disk and swaps it in when it is valid.
+    ///
+    /// On failure the engine keeps serving the previous snapshot and remembers the error
+    /// for [`Engine::status`]. Returns the new generation.
+    pub fn reload(&self) -> Result<u64, LoadError> {
+        let mut state = self
+            .reload_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match Snapshot::load(&self.load_options) {
+            Ok(mut snapshot) => {
+                let generation = self.current.load().generation + 1;
+                snapshot.generation = generation;
+                tracing::info!(
+                    generation,
+                    policies = snapshot.policy_count(),
+                    entities = snapshot.entity_count(),
+                    fingerprint = %snapshot.fingerprint(),
+                    "policy set reloaded"
+                );
+                self.current.store(Arc::new(snapshot));
+                *state = None;
+                Ok(generation)
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "reload rejected; keeping the previous policy set");
+                *state = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// The generation, counts, fingerprint and last reload error.
+    pub fn status(&self) -> EngineStatus {
+        let snapshot = self.current.load();
+        let last_error = self
+            .reload_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        EngineStatus {
+            generation: snapshot.generation,
+            loaded_at: snapshot.loaded_at(),
+            fingerprint: snapshot.fingerprint().to_string(),
+            policy_count: snapshot.policy_count(),
+            entity_count: snapshot.entity_count(),
+            last_error,
+        }
+    }
+
+    /// Decides one request on the current snapshot.
+    ///
+    /// A well-formed request always gets a [`Decision`]; evaluation errors become denials
+    /// (see [`ErrorPolicy`]). A malformed request is an `Err`, which callers must treat as a
+    /// denial.
+    pub fn check(&self, request: &CheckRequest) -> Result<Decision, RequestError> {
+        let snapshot = self.current.load();
+        self.check_on(&snapshot, request)
+    }
+
+    /// Decides one request on a given snapshot.
+    pub fn check_on(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+    ) -> Result<Decision, RequestError> {
+        let prepared = self.prepare(snapshot, request)?;
+        let entities = prepared.entities.as_ref().unwrap_or(&snapshot.entities);
+        let response =
+            self.authorizer
+                .is_authorized(&prepared.request, &snapshot.policies, entities);
+        Ok(self.decide(snapshot, request, entities, &response))
+    }
+
+    fn prepare(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+    ) -> Result<Prepared, RequestError> {
+        let max = self.options.max_tokens;
+        for (field, value) in [
+            ("input_tokens", request.facts.input_tokens),
+            ("max_output_tokens", request.facts.max_output_tokens),
+        ] {
+            if value > max {
+                return Err(RequestError::TokensOutOfRange {
+                    field,
+                    value: value.to_string(),
+                    max,
+                });
+            }
+        }
+        check_types(snapshot, request)?;
+
+        let now_millis = match &request.now {
+            Some(text) => {
+                parse_rfc3339_millis(text).ok_or_else(|| RequestError::InvalidTime(text.clone()))?
+            }
+            None => self.options.clock.now_millis(),
+        };
+        let now = format_millis(now_millis);
+        let context = build_context(snapshot, request, &now)?;
+        let cedar_request = Request::new(
+            request.principal.clone(),
+            request.action.clone(),
+            request.resource.clone(),
+            context,
+            Some(&snapshot.schema),
+        )
+        .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
+
+        let entities = if request.entities.is_empty() {
+            None
+        } else {
+            Some(merge_inline_entities(snapshot, &request.entities)?)
+        };
+        Ok(Prepared {
+            request: cedar_request,
+            entities,
+        })
+    }
+
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+        entities: &Entities,
+        response: &cedar_policy::Response,
+    ) -> Decision {
+        let lookup = |id: &PolicyId| -> PolicyRef {
+            snapshot.refs.get(id).cloned().unwrap_or_else(|| PolicyRef {
+                id: id.to_string(),
+                effect: Effect::Forbid,
+                file: Default::default(),
+                line: 0,
+                column: 0,
+                reason: None,
+                status: None,
+            })
+        };
+        let mut determining: Vec<PolicyRef> = response.diagnostics().reason().map(lookup).collect();
+        determining.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut errors: Vec<EvaluationError> = response
+            .diagnostics()
+            .errors()
+            .map(|error| match error {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(inner) => EvaluationError {
+                    policy: lookup(inner.policy_id()),
+                    message: inner.inner().to_string(),
+                },
+            })
+            .collect();
+        errors.sort_by(|a, b| a.policy.id.cmp(&b.policy.id));
+
+        let counted_errors: Vec<&EvaluationError> = errors
+            .iter()
+            .filter(|error| match self.options.error_policy {
+                ErrorPolicy::FailClosed => true,
+                ErrorPolicy::IgnorePermitErrors => error.policy.effect == Effect::Forbid,
+            })
+            .collect();
+
+        let cedar_allows = response.decision() == cedar_policy::Decision::Allow;
+        let forbids_matched = !cedar_allows && !determining.is_empty();
+        let generation = snapshot.generation;
+
+        if forbids_matched {
+            let status = strongest_status(determining.iter().map(|p| p.status));
+            let explanation = explain_policies("denied by", &determining);
+            return Decision {
+                decision: Outcome::Deny,
+                status: Some(status),
+                reason: Reason::Forbidden,
+                policies: determining,
+                errors,
+                explanation,
+                generation,
+            };
+        }
+        if !counted_errors.is_empty() {
+            let failing: Vec<PolicyRef> = counted_errors.iter().map(|e| e.policy.clone()).collect();
+            let status = strongest_status(
+                failing
+                    .iter()
+                    .filter(|p| p.effect == Effect::Forbid)
+                    .map(|p| p.status),
+            );
+            let first = counted_errors
+                .first()
+                .map(|e| format!("policy `{}` failed to evaluate: {}", e.policy.id, e.message))
+                .unwrap_or_default();
+            let explanation =
+                format!("denied because {first}; modelgate denies when a policy fails");
+            return Decision {
+                decision: Outcome::Deny,
+                status: Some(status),
+                reason: Reason::EvaluationFailed,
+                policies: failing,
+                errors,
+                explanation,
+                generation,
+            };
+        }
+        if cedar_allows {
+            let explanation = explain_policies("allowed by", &determining);
+            return Decision {
+                decision: Outcome::Allow,
+                status: None,
+                reason: Reason::Permitted,
+                policies: determining,
+                errors,
+                explanation,
+                generation,
+            };
+        }
+        Decision {
+            decision: Outcome::Deny,
+            status: Some(Status::Forbidden),
+            reason: Reason::NoPermit,
+            policies: Vec::new(),
+            explanation: explain_default_deny(snapshot, request, entities),
+            errors,
+            generation,
+        }
+    }
+}
+
+struct Prepared {
+    request: Request,
+    entities: Option<Entities>,
+}
+
+fn strongest_status(statuses: impl Iterator<Item = Option<Status>>) -> Status {
+    statuses
+        .map(|status| status.unwrap_or(Status::Forbidden))
+        .min_by_key(|status| status.precedence())
+        .unwrap_or(Status::Forbidden)
+}
+
+fn explain_policies(verb: &str, policies: &[PolicyRef]) -> String {
+    let parts: Vec<String> = policies
+        .iter()
+        .map(|policy| match &policy.reason {
+            Some(reason) => format!("`{}` ({reason})", policy.id),
+            None => format!("`{}`", policy.id),
+        })
+        .collect();
+    format!("{verb} {}", parts.join(", "))
+}
+
+fn explain_default_deny(
+    snapshot: &Snapshot,
+    request: &CheckRequest,
+    entities: &Entities,
+) -> String {
+    let mut explanation = format!(
+        "denied because no permit policy matches {} calling {} on {}",
+        request.principal, request.action, request.resource
+    );
+    for (role, uid) in [
+        ("principal", &request.principal),
+        ("resource", &request.resource),
+    ] {
+        if entities.get(uid).is_some() {
+            continue;
+        }
+        explanation.push_str(&format!("; the {role} {uid} is not in the entity data"));
+        let entity_type = uid.type_name().to_string();
+        let known = snapshot.entity_ids_of_type(&entity_type);
+        let id = uid.id().unescaped();
+        if let Some(suggestion) = closest(id, known.iter().map(String::as_str)) {
+            explanation.push_str(&format!(" (did you mean `{suggestion}`?)"));
+        }
+    }
+    explanation
+}
+
+/// Rejects entity types and actions that the schema does not declare, with a suggestion.
+fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), RequestError> {
+    let action_type = request.action.type_name().to_string();
+    let action_id = request.action.id().unescaped();
+    if action_type != "Action" || !snapshot.action_ids.contains(action_id) {
+        return Err(RequestError::UnknownAction {
+            action: request.action.to_string(),
+            suggestion: closest(action_id, snapshot.action_ids()),
+        });
+    }
+    for (field, uid) in [
+        ("principal", &request.principal),
+        ("resource", &request.resource),
+    ] {
+        let entity_type = uid.type_name().to_string();
+        if !snapshot.entity_types.contains(&entity_type) {
+            return Err(RequestError::UnknownEntityType {
+                field,
+                suggestion: closest(
+                    &entity_type,
+                    snapshot.entity_types.iter().map(String::as_str),
+                ),
+                entity_type,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn to_long(value: u64) -> i64 {
+    // INVARIANT: token counts were checked against `max_tokens`, far below `i64::MAX`.
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn build_context(
+    snapshot: &Snapshot,
+    request: &CheckRequest,
+    now: &str,
+) -> Result<Context, RequestError> {
+    let facts = request.facts;
+    let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
+    if request.context.is_empty() {
+        let request_record = RestrictedExpression::new_record([
+            (
+                "input_tokens".to_string(),
+                RestrictedExpression::new_long(to_long(facts.input_tokens)),
+            ),
+            (
+                "max_output_tokens".to_string(),
+                RestrictedExpression::new_long(to_long(facts.max_output_tokens)),
+            ),
+            (
+                "total_tokens".to_string(),
+                RestrictedExpression::new_long(to_long(total)),
+            ),
+            (
+                "stream".to_string(),
+                RestrictedExpression::new_bool(facts.stream),
+            ),
+        ])
+        .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
+        let pairs = [
+            ("now".to_string(), RestrictedExpression::new_datetime(now)),
+            ("request".to_string(), request_record),
+        ];
+        return Context::from_pairs(pairs)
+            .map_err(|error| RequestError::SchemaMismatch(error.to_string()));
+    }
+
+    let mut record = Map::new();
+    record.insert(
+        "now".to_string(),
+        json!({"__extn": {"fn": "datetime", "arg": now}}),
+    );
+    record.insert(
+        "request".to_string(),
+        json!({
+            "input_tokens": facts.input_tokens,
+            "max_output_tokens": facts.max_output_tokens,
+            "total_tokens": total,
+            "stream": facts.stream,
+        }),
+    );
+    for (key, value) in &request.context {
+        if record.contains_key(key) {
+            return Err(RequestError::SchemaMismatch(format!(
+                "context attribute `{key}` is set by modelgate and cannot be given in the request"
+            )));
+        }
+        record.insert(key.clone(), value.clone());
+    }
+    Context::from_json_value(
+        Value::Object(record),
+        Some((&snapshot.schema, &request.action)),
+    )
+    .map_err(|error| RequestError::SchemaMismatch(error.to_string()))
+}
+
+/// Returns the engine's entities with the request's inline entities added or replacing
+/// entities of the same id.
+fn merge_inline_entities(snapshot: &Snapshot, inline: &[Value]) -> Result<Entities, RequestError> {
+    let parsed = Entities::from_json_value(Value::Array(inline.to_vec()), Some(&snapshot.schema))
+        .map_err(|error| RequestError::InvalidEntities(error.to_string()))?;
+    let inline_ids: HashSet<EntityUid> = parsed
+        .iter()
+        .map(|entity| entity.uid())
+        .filter(|uid| uid.type_name().to_string() != "Action")
+        .collect();
+    let additions: Vec<cedar_policy::Entity> = parsed
+        .iter()
+        .filter(|entity| inline_ids.contains(&entity.uid()))
+        .cloned()
+        .collect();
+    // NOTE: this copies the engine's entity store once per request that carries inline
+    // entities; requests without inline entities use the store as it is.
+    snapshot
+        .entities
+        .clone()
+        .upsert_entities(additions, Some(&snapshot.schema))
+        .map_err(|error| RequestError::InvalidEntities(error.to_string()))
+}

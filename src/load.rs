@@ -1,0 +1,616 @@
+//! Reads a policy directory, schema fragments and entity files from disk, parses them with
+//! Cedar and maps every problem back to a file, line and column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, SchemaFragment};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::decision::{Effect, PolicyRef, Status};
+use crate::diagnostic::{Diagnostic, Severity, SourceFile};
+
+/// Where a policy set lives on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Directory searched recursively for `.cedar` policy files.
+    pub policy_dir: PathBuf,
+    /// Schema files (`.cedarschema`) or directories containing them. All fragments are merged.
+    pub schema: Vec<PathBuf>,
+    /// Entity files (Cedar entity JSON) or directories searched recursively for `.json` files.
+    pub entities: Vec<PathBuf>,
+    /// Accept a policy set with no policies. Off by default, because an empty set denies
+    /// every request.
+    pub allow_empty: bool,
+}
+
+impl LoadOptions {
+    /// Creates options for `policy_dir` and one schema path; entities are read from
+    /// `policy_dir/entities` when that directory exists.
+    pub fn new(policy_dir: impl Into<PathBuf>, schema: impl Into<PathBuf>) -> Self {
+        let policy_dir = policy_dir.into();
+        let default_entities = policy_dir.join("entities");
+        let entities = if default_entities.is_dir() {
+            vec![default_entities]
+        } else {
+            Vec::new()
+        };
+        Self {
+            policy_dir,
+            schema: vec![schema.into()],
+            entities,
+            allow_empty: false,
+        }
+    }
+
+    /// Replaces the entity paths.
+    pub fn with_entities(mut self, entities: Vec<PathBuf>) -> Self {
+        self.entities = entities;
+        self
+    }
+
+    /// Sets whether an empty policy set may load.
+    pub fn allow_empty(mut self, allow_empty: bool) -> Self {
+        self.allow_empty = allow_empty;
+        self
+    }
+}
+
+/// Everything read from disk and parsed, before strict validation.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub schema: Schema,
+    pub policies: PolicySet,
+    pub policy_refs: HashMap<PolicyId, PolicyRef>,
+    /// Byte range of each policy in its file, for locating lints.
+    pub policy_spans: HashMap<PolicyId, (usize, usize, usize)>,
+    pub entities: Entities,
+    pub sources: Vec<SourceFile>,
+    pub fingerprint: String,
+}
+
+/// Reads and parses all sources, collecting every problem rather than stopping at the first.
+pub(crate) fn parse_all(options: &LoadOptions) -> (Option<Parsed>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let mut sources = Vec::new();
+
+    let schema = load_schema(&options.schema, &mut sources, &mut diagnostics);
+    let policies = load_policies(options, &mut sources, &mut diagnostics);
+    let entities = match &schema {
+        Some(schema) => load_entities(&options.entities, schema, &mut sources, &mut diagnostics),
+        None => None,
+    };
+
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return (None, diagnostics);
+    }
+    let (Some(schema), Some((policies, policy_refs, policy_spans)), Some(entities)) =
+        (schema, policies, entities)
+    else {
+        return (None, diagnostics);
+    };
+    let fingerprint = fingerprint(&sources);
+    let parsed = Parsed {
+        schema,
+        policies,
+        policy_refs,
+        policy_spans,
+        entities,
+        sources,
+        fingerprint,
+    };
+    (Some(parsed), diagnostics)
+}
+
+/// Lists files below `root` with the extension `ext`, sorted by path, skipping hidden
+/// files and directories (editor swap and backup files start with a dot).
+pub(crate) fn discover(root: &Path, ext: &str) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    if root.is_file() {
+        found.push(root.to_path_buf());
+        return Ok(found);
+    }
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if hidden {
+                continue;
+            }
+            // `metadata` follows symlinks, so ConfigMap-style links to files count as files.
+            let metadata = fs::metadata(&path)?;
+            if metadata.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|found| found == ext) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn read_source(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<SourceFile> {
+    match fs::read_to_string(path) {
+        Ok(text) => Some(SourceFile::new(path.to_path_buf(), text)),
+        Err(error) => {
+            diagnostics.push(
+                Diagnostic::error("unreadable-file", format!("cannot read file: {error}"))
+                    .in_file(path)
+                    .with_help("check that the file exists and is readable UTF-8 text"),
+            );
+            None
+        }
+    }
+}
+
+fn discover_or_report(
+    root: &Path,
+    ext: &str,
+    what: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<PathBuf> {
+    if !root.exists() {
+        diagnostics.push(
+            Diagnostic::error("missing-path", format!("{what} path does not exist"))
+                .in_file(root)
+                .with_help(format!(
+                    "create it or pass the right path to the `--{what}` option"
+                )),
+        );
+        return Vec::new();
+    }
+    match discover(root, ext) {
+        Ok(found) => found,
+        Err(error) => {
+            diagnostics.push(
+                Diagnostic::error("unreadable-file", format!("cannot list directory: {error}"))
+                    .in_file(root),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn load_schema(
+    paths: &[PathBuf],
+    sources: &mut Vec<SourceFile>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Schema> {
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(discover_or_report(
+            path,
+            "cedarschema",
+            "schema",
+            diagnostics,
+        ));
+    }
+    if files.is_empty() {
+        if !paths.iter().any(|path| !path.exists()) {
+            diagnostics.push(
+                Diagnostic::error("missing-schema", "no `.cedarschema` schema file found")
+                    .with_help(
+                    "modelgate validates policies strictly and needs a schema; pass `--schema DIR`",
+                ),
+            );
+        }
+        return None;
+    }
+
+    let mut fragments = Vec::new();
+    let before = diagnostics.len();
+    for path in files {
+        let Some(source) = read_source(&path, diagnostics) else {
+            continue;
+        };
+        match SchemaFragment::from_cedarschema_str(&source.text) {
+            Ok((fragment, warnings)) => {
+                for warning in warnings {
+                    diagnostics.push(Diagnostic::from_cedar(
+                        Severity::Warning,
+                        "schema-warning",
+                        &warning,
+                        Some(&source),
+                    ));
+                }
+                fragments.push(fragment);
+            }
+            Err(error) => diagnostics.push(Diagnostic::from_cedar(
+                Severity::Error,
+                "schema-syntax",
+                &error,
+                Some(&source),
+            )),
+        }
+        sources.push(source);
+    }
+    if diagnostics.iter().skip(before).any(Diagnostic::is_error) {
+        return None;
+    }
+    match Schema::from_schema_fragments(fragments) {
+        Ok(schema) => Some(schema),
+        Err(error) => {
+            let mut diagnostic =
+                Diagnostic::from_cedar(Severity::Error, "schema-invalid", &error, None);
+            if let [only] = paths {
+                diagnostic = diagnostic.in_file(only);
+            }
+            diagnostics.push(diagnostic);
+            None
+        }
+    }
+}
+
+type LoadedPolicies = (
+    PolicySet,
+    HashMap<PolicyId, PolicyRef>,
+    HashMap<PolicyId, (usize, usize, usize)>,
+);
+
+fn load_policies(
+    options: &LoadOptions,
+    sources: &mut Vec<SourceFile>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<LoadedPolicies> {
+    let dir = &options.policy_dir;
+    if !dir.is_dir() {
+        let message = if dir.exists() {
+            "policy path is not a directory"
+        } else {
+            "policy directory does not exist"
+        };
+        diagnostics.push(
+            Diagnostic::error("missing-path", message)
+                .in_file(dir)
+                .with_help(
+                    "pass the directory that holds your `.cedar` files with `--policies DIR`",
+                ),
+        );
+        return None;
+    }
+    let files = discover_or_report(dir, "cedar", "policies", diagnostics);
+
+    let mut set = PolicySet::new();
+    let mut refs: HashMap<PolicyId, PolicyRef> = HashMap::new();
+    let mut spans = HashMap::new();
+    let mut ok = true;
+    for path in &files {
+        let Some(source) = read_source(path, diagnostics) else {
+            ok = false;
+            continue;
+        };
+        let source_index = sources.len();
+        if !parse_policy_file(
+            &source,
+            source_index,
+            &mut set,
+            &mut refs,
+            &mut spans,
+            diagnostics,
+        ) {
+            ok = false;
+        }
+        sources.push(source);
+    }
+
+    if ok && refs.is_empty() && !options.allow_empty {
+        diagnostics.push(
+            Diagnostic::error(
+                "empty-policy-set",
+                "the policy set contains no policies, so every request would be denied",
+            )
+            .in_file(dir)
+            .with_help("add `.cedar` files, or pass `--allow-empty` if an empty set is intended"),
+        );
+        return None;
+    }
+    ok.then_some((set, refs, spans))
+}
+
+/// Parses one policy file and adds its policies to `set` under their `@id`.
+fn parse_policy_file(
+    source: &SourceFile,
+    source_index: usize,
+    set: &mut PolicySet,
+    refs: &mut HashMap<PolicyId, PolicyRef>,
+    spans: &mut HashMap<PolicyId, (usize, usize, usize)>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> bool {
+    let parsed = match PolicySet::from_str(&source.text) {
+        Ok(parsed) => parsed,
+        Err(errors) => {
+            for error in errors.iter() {
+                diagnostics.push(
+                    Diagnostic::from_cedar(Severity::Error, "policy-syntax", error, Some(source))
+                        .with_help_if_missing(
+                            "fix the syntax; `modelgate validate` lists every error",
+                        ),
+                );
+            }
+            return false;
+        }
+    };
+    let mut ok = true;
+    if parsed.templates().next().is_some() {
+        diagnostics.push(
+            Diagnostic::error(
+                "template-unsupported",
+                "policy templates (`?principal`, `?resource`) are not supported",
+            )
+            .in_file(&source.path)
+            .with_help("write a policy per principal or resource instead of a template"),
+        );
+        ok = false;
+    }
+
+    // Cedar names the policies of one text `policy0`, `policy1`, ... in source order.
+    let mut ordered: Vec<(usize, cedar_policy::Policy)> = parsed
+        .policies()
+        .map(|policy| {
+            let index = policy
+                .id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX);
+            (index, policy.clone())
+        })
+        .collect();
+    ordered.sort_by_key(|(index, _)| *index);
+
+    let mut search_from = 0;
+    for (position, (_, policy)) in ordered.into_iter().enumerate() {
+        // Display prints the policy's original text, a slice of the file. Policies appear in
+        // source order, so the next occurrence after the previous policy is this one.
+        // NOTE: a comment between two policies that repeats the next policy verbatim would
+        // be found first and shift the reported line to the comment.
+        let text = policy.to_string();
+        let offset = source
+            .text
+            .get(search_from..)
+            .and_then(|rest| rest.find(&text))
+            .map_or(search_from, |found| search_from + found);
+        search_from = offset + text.len();
+        let location = source.location(offset);
+
+        let explicit_id = policy.annotation("id").map(str::to_string);
+        let id = explicit_id.clone().unwrap_or_else(|| {
+            let file_name = source.path.file_name().map_or_else(
+                || source.path.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            format!("{file_name}#{}", position + 1)
+        });
+        let policy_id = PolicyId::new(&id);
+
+        let status = match policy.annotation("status") {
+            None => None,
+            Some(value) => {
+                match Status::from_annotation(value) {
+                    Some(status) => Some(status),
+                    None => {
+                        diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-status",
+                            format!("`@status(\"{value}\")` is not a status modelgate uses"),
+                        )
+                        .at(source, offset, text.len())
+                        .for_policy(&id)
+                        .with_help("write `@status(\"401\")`, `@status(\"403\")` or `@status(\"429\")`"),
+                    );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+
+        if let Some(existing) = refs.get(&policy_id) {
+            diagnostics.push(
+                Diagnostic::error(
+                    "duplicate-id",
+                    format!(
+                        "policy id `{id}` is already used at {}:{}",
+                        existing.file.display(),
+                        existing.line
+                    ),
+                )
+                .at(source, offset, text.len())
+                .for_policy(&id)
+                .with_help("give every policy a unique `@id(\"...\")`"),
+            );
+            ok = false;
+            continue;
+        }
+
+        let effect = match policy.effect() {
+            cedar_policy::Effect::Permit => Effect::Permit,
+            cedar_policy::Effect::Forbid => Effect::Forbid,
+        };
+        let reference = PolicyRef {
+            id: id.clone(),
+            effect,
+            file: source.path.clone(),
+            line: location.line,
+            column: location.column,
+            reason: policy.annotation("reason").map(str::to_string),
+            status,
+        };
+        if let Err(error) = set.add(policy.new_id(policy_id.clone())) {
+            diagnostics.push(
+                Diagnostic::from_cedar(Severity::Error, "policy-set", &error, None)
+                    .at(source, offset, text.len())
+                    .for_policy(&id),
+            );
+            ok = false;
+            continue;
+        }
+        refs.insert(policy_id.clone(), reference);
+        spans.insert(policy_id, (source_index, offset, text.len()));
+        if explicit_id.is_none() {
+            diagnostics.push(
+                Diagnostic::warning(
+                    "missing-id",
+                    format!("policy has no `@id`; it is named `{id}`"),
+                )
+                .at(source, offset, text.len())
+                .for_policy(&id)
+                .with_help("add `@id(\"a-stable-name\")` so that decisions and tests can name it"),
+            );
+        }
+    }
+    ok
+}
+
+trait HelpIfMissing {
+    fn with_help_if_missing(self, help: &str) -> Self;
+}
+
+impl HelpIfMissing for Diagnostic {
+    fn with_help_if_missing(self, help: &str) -> Self {
+        if self.help.is_some() {
+            self
+        } else {
+            self.with_help(help)
+        }
+    }
+}
+
+fn load_entities(
+    paths: &[PathBuf],
+    schema: &Schema,
+    sources: &mut Vec<SourceFile>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Entities> {
+    let mut files = Vec::new();
+    for path in paths {
+        files.extend(discover_or_report(path, "json", "entities", diagnostics));
+    }
+
+    let mut per_file: Vec<(SourceFile, Value)> = Vec::new();
+    let mut ok = true;
+    for path in files {
+        let Some(source) = read_source(&path, diagnostics) else {
+            ok = false;
+            continue;
+        };
+        match serde_json::from_str::<Value>(&source.text) {
+            Ok(Value::Array(items)) => per_file.push((source.clone(), Value::Array(items))),
+            Ok(_) => {
+                diagnostics.push(
+                    Diagnostic::error("entities-shape", "an entity file must hold a JSON array")
+                        .at(&source, 0, 1)
+                        .with_help(
+                            "write `[ {\"uid\": ..., \"attrs\": ..., \"parents\": ...}, ... ]`",
+                        ),
+                );
+                ok = false;
+            }
+            Err(error) => {
+                diagnostics.push(json_syntax_diagnostic(&source, &error));
+                ok = false;
+            }
+        }
+        sources.push(source);
+    }
+    if !ok {
+        return None;
+    }
+
+    let all: Vec<Value> = per_file
+        .iter()
+        .flat_map(|(_, value)| value.as_array().cloned().unwrap_or_default())
+        .collect();
+    match Entities::from_json_value(Value::Array(all), Some(schema)) {
+        Ok(entities) => Some(entities),
+        Err(combined_error) => {
+            // Find the file to blame by checking each file on its own.
+            let mut blamed = false;
+            for (source, value) in &per_file {
+                if let Err(error) = Entities::from_json_value(value.clone(), Some(schema)) {
+                    diagnostics.push(entity_diagnostic(source, &error));
+                    blamed = true;
+                }
+            }
+            if !blamed {
+                let mut diagnostic = Diagnostic::from_cedar(
+                    Severity::Error,
+                    "entities-invalid",
+                    &combined_error,
+                    None,
+                );
+                if let Some((source, offset)) = per_file.iter().find_map(|(source, _)| {
+                    locate_entity_in(&source.text, &combined_error.to_string())
+                        .map(|offset| (source, offset))
+                }) {
+                    diagnostic = diagnostic.at(source, offset, 1);
+                }
+                diagnostics.push(diagnostic.with_help(
+                    "each entity may appear in only one entity file; remove the duplicate",
+                ));
+            }
+            None
+        }
+    }
+}
+
+pub(crate) fn json_syntax_diagnostic(source: &SourceFile, error: &serde_json::Error) -> Diagnostic {
+    let message = error.to_string();
+    // serde_json appends " at line L column C"; the location is reported separately.
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(head, _)| head)
+        .to_string();
+    Diagnostic::error("json-syntax", format!("invalid JSON: {message}"))
+        .at_line_column(source, error.line().max(1), error.column().max(1))
+        .with_help("fix the JSON syntax (a trailing comma or a missing quote is the usual cause)")
+}
+
+fn entity_diagnostic(
+    source: &SourceFile,
+    error: &cedar_policy::entities_errors::EntitiesError,
+) -> Diagnostic {
+    let mut diagnostic = Diagnostic::from_cedar(Severity::Error, "entities-invalid", error, None)
+        .in_file(&source.path);
+    if let Some(offset) = locate_entity_in(&source.text, &error.to_string()) {
+        diagnostic = diagnostic.at(source, offset, 1);
+    }
+    if diagnostic.help.is_none() {
+        diagnostic = diagnostic.with_help("make the entity match its type in the schema");
+    }
+    diagnostic
+}
+
+/// Finds the byte offset of the entity named in a Cedar message (`Type::"id"`) in an
+/// entity file, by looking for its quoted id.
+fn locate_entity_in(text: &str, message: &str) -> Option<usize> {
+    let marker = message.find("::\"")?;
+    let after = message.get(marker + 3..)?;
+    let id = after.get(..after.find('"')?)?;
+    let needle = format!("\"{id}\"");
+    text.find(&needle)
+}
+
+fn fingerprint(sources: &[SourceFile]) -> String {
+    let mut ordered: BTreeMap<&Path, &Arc<str>> = BTreeMap::new();
+    for source in sources {
+        ordered.insert(&source.path, &source.text);
+    }
+    let mut hasher = Sha256::new();
+    for (path, text) in ordered {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    let digest = hasher.finalize();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
