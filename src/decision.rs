@@ -130,7 +130,7 @@ pub struct EvaluationError {
 
 /// Why a decision came out as it did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// At least one permit matched and nothing forbade the request.
     Permitted,

@@ -138,7 +138,17 @@ impl Diagnostic {
         error: &dyn miette::Diagnostic,
         source: Option<&SourceFile>,
     ) -> Self {
-        let mut diagnostic = Self::new(severity, code, error.to_string());
+        let mut message = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            let text = inner.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = inner.source();
+        }
+        let mut diagnostic = Self::new(severity, code, message);
         if let Some(help) = error.help() {
             diagnostic.help = Some(help.to_string());
         }

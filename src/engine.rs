@@ -419,6 +419,7 @@ fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), Reques
         return Err(RequestError::UnknownAction {
             action: request.action.to_string(),
             suggestion: closest(action_id, snapshot.action_ids()),
+            known: snapshot.action_ids().map(str::to_string).collect(),
         });
     }
     for (field, uid) in [

@@ -331,7 +331,7 @@ fn parse_policy_file(
                 diagnostics.push(
                     Diagnostic::from_cedar(Severity::Error, "policy-syntax", error, Some(source))
                         .with_help_if_missing(
-                            "fix the syntax; `modelgate validate` lists every error",
+                            "check the Cedar syntax near the marked text (https://docs.cedarpolicy.com/policies/syntax-policy.html)",
                         ),
                 );
             }
@@ -522,6 +522,12 @@ fn load_entities(
         sources.push(source);
     }
     if !ok {
+        // Still check the files that parsed, so that one run reports every problem.
+        for (source, value) in &per_file {
+            if let Err(error) = Entities::from_json_value(value.clone(), Some(schema)) {
+                diagnostics.push(entity_diagnostic(source, &error));
+            }
+        }
         return None;
     }
 
@@ -548,7 +554,7 @@ fn load_entities(
                     None,
                 );
                 if let Some((source, offset)) = per_file.iter().find_map(|(source, _)| {
-                    locate_entity_in(&source.text, &combined_error.to_string())
+                    locate_entity_in(&source.text, &diagnostic.message)
                         .map(|offset| (source, offset))
                 }) {
                     diagnostic = diagnostic.at(source, offset, 1);
@@ -580,8 +586,17 @@ fn entity_diagnostic(
 ) -> Diagnostic {
     let mut diagnostic = Diagnostic::from_cedar(Severity::Error, "entities-invalid", error, None)
         .in_file(&source.path);
-    if let Some(offset) = locate_entity_in(&source.text, &error.to_string()) {
-        diagnostic = diagnostic.at(source, offset, 1);
+    if let Some(offset) = locate_entity_in(&source.text, &diagnostic.message) {
+        let attribute_offset = attribute_in_message(&diagnostic.message).and_then(|attribute| {
+            let needle = format!("\"{attribute}\"");
+            let rest = source.text.get(offset..)?;
+            rest.find(&needle)
+                .map(|found| (offset + found, needle.len()))
+        });
+        diagnostic = match attribute_offset {
+            Some((at, len)) => diagnostic.at(source, at, len),
+            None => diagnostic.at(source, offset, 1),
+        };
     }
     if diagnostic.help.is_none() {
         diagnostic = diagnostic.with_help("make the entity match its type in the schema");
@@ -597,6 +612,13 @@ fn locate_entity_in(text: &str, message: &str) -> Option<usize> {
     let id = after.get(..after.find('"')?)?;
     let needle = format!("\"{id}\"");
     text.find(&needle)
+}
+
+/// Extracts `X` from Cedar's "in attribute `X`" phrasing.
+fn attribute_in_message(message: &str) -> Option<&str> {
+    let start = message.find("attribute `")? + "attribute `".len();
+    let rest = message.get(start..)?;
+    rest.get(..rest.find('`')?)
 }
 
 fn fingerprint(sources: &[SourceFile]) -> String {

@@ -74,6 +74,8 @@ pub enum RequestError {
         action: String,
         /// The closest declared action.
         suggestion: Option<String>,
+        /// Every declared action id, sorted.
+        known: Vec<String>,
     },
     /// A token count outside `0..=max`.
     #[error("{field} is {value}, outside the accepted range 0..={max}")]
@@ -108,12 +110,15 @@ fn suggestion_suffix(suggestion: &Option<String>) -> String {
 
 impl miette::Diagnostic for RequestError {
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        if let RequestError::UnknownAction { known, .. } = self {
+            return Some(Box::new(format!("declared actions: {}", known.join(", "))));
+        }
         let help = match self {
             RequestError::InvalidEntity { .. } => {
                 "write entities as `Type::\"id\"`, for example `ApiKey::\"key-ana-ml\"`"
             }
             RequestError::UnknownEntityType { .. } | RequestError::UnknownAction { .. } => {
-                "the schema lists the declared entity types and actions"
+                "the schema lists the declared entity types"
             }
             RequestError::TokensOutOfRange { .. } => {
                 "send a non-negative token count within the engine's `max_tokens` setting"
