@@ -238,6 +238,9 @@ fn token_count(field: &'static str, value: Option<&Value>) -> Result<u64, Reques
         max: DEFAULT_MAX_TOKENS,
     };
     match value {
+        Value::Number(number) if number.is_f64() => Err(RequestError::InvalidJson(format!(
+            "`{field}` must be a whole number of tokens, found `{number}`"
+        ))),
         Value::Number(number) => number.as_u64().ok_or_else(out_of_range),
         other => Err(RequestError::InvalidJson(format!(
             "`{field}` must be a non-negative integer, found `{other}`"
