@@ -1,5 +1,11 @@
 //! `modelgate check` on the shipped policy set: output formats, batch mode and exit codes.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test helpers stop the test on a broken fixture"
+)]
+
 mod common;
 
 use common::modelgate;

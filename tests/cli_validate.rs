@@ -1,6 +1,12 @@
 //! `modelgate validate` on the shipped policy set and on deliberately broken fixtures, in
 //! every output format.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test helpers stop the test on a broken fixture"
+)]
+
 mod common;
 
 use common::modelgate;

@@ -1,6 +1,12 @@
 //! The role table of the shipped policy set, complete: every role with every model, at the
 //! role's token cap and one token above it.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test helpers stop the test on a broken fixture"
+)]
+
 use modelgate::{CheckRequest, Engine, LoadOptions, Outcome, Status};
 
 const NOW: &str = "2026-12-04T12:00:00Z";
@@ -122,11 +128,21 @@ fn role_grants_hold_for_users_without_keys() {
     }
 }
 
+/// (key id, action, model, requested tokens, expected status or `None` for an allow, deciding
+/// policy or "" for a default deny)
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    u64,
+    Option<u16>,
+    &'static str,
+);
+
 #[test]
 fn workspace_and_key_rules() {
     let engine = engine();
-    // (principal, action, model, tokens, expected status or None for allow, deciding policy)
-    let table: [(&str, &str, &str, u64, Option<u16>, &str); 12] = [
+    let table: [Row; 12] = [
         (
             "key-ana-dev",
             "chat",

@@ -1,6 +1,12 @@
 //! Engine behaviour on policy sets written to temporary directories: failing closed on
 //! evaluation errors, action groups, inline entities, reload and sharing across threads.
 
+#![allow(
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test helpers stop the test on a broken fixture"
+)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
