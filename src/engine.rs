@@ -235,14 +235,32 @@ impl Engine {
             None => self.options.clock.now_millis(),
         };
         let now = format_millis(now_millis);
-        let context = build_context(snapshot, request, &now)?;
-        let cedar_request = Request::new(
-            request.principal.clone(),
-            request.action.clone(),
-            request.resource.clone(),
-            context,
-            Some(&snapshot.schema),
-        )
+        let env = snapshot.action_envs.get(&request.action);
+        let fast_path = request.context.is_empty() && env.is_some_and(|env| env.standard_context);
+        let cedar_request = if fast_path {
+            // The context is built from typed values in the shape that the schema declares
+            // for this action (checked at load), so only the entity types need checking.
+            if let Some(env) = env {
+                check_applies_to(env, request)?;
+            }
+            let context = standard_context(&request.facts, &now)?;
+            Request::new(
+                request.principal.clone(),
+                request.action.clone(),
+                request.resource.clone(),
+                context,
+                None,
+            )
+        } else {
+            let context = build_context(snapshot, request, &now)?;
+            Request::new(
+                request.principal.clone(),
+                request.action.clone(),
+                request.resource.clone(),
+                context,
+                Some(&snapshot.schema),
+            )
+        }
         .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
 
         let entities = if request.entities.is_empty() {
@@ -413,9 +431,8 @@ fn explain_default_deny(
 
 /// Rejects entity types and actions that the schema does not declare, with a suggestion.
 fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), RequestError> {
-    let action_type = request.action.type_name().to_string();
-    let action_id = request.action.id().unescaped();
-    if action_type != "Action" || !snapshot.action_ids.contains(action_id) {
+    if !snapshot.action_envs.contains_key(&request.action) {
+        let action_id = request.action.id().unescaped();
         return Err(RequestError::UnknownAction {
             action: request.action.to_string(),
             suggestion: closest(action_id, snapshot.action_ids()),
@@ -426,8 +443,8 @@ fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), Reques
         ("principal", &request.principal),
         ("resource", &request.resource),
     ] {
-        let entity_type = uid.type_name().to_string();
-        if !snapshot.entity_types.contains(&entity_type) {
+        if !snapshot.entity_type_names.contains(uid.type_name()) {
+            let entity_type = uid.type_name().to_string();
             return Err(RequestError::UnknownEntityType {
                 field,
                 suggestion: closest(
@@ -446,6 +463,62 @@ fn to_long(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Rejects a principal or resource type that the action does not apply to.
+fn check_applies_to(
+    env: &crate::snapshot::ActionEnv,
+    request: &CheckRequest,
+) -> Result<(), RequestError> {
+    for (role, uid, allowed) in [
+        ("principal", &request.principal, &env.principals),
+        ("resource", &request.resource, &env.resources),
+    ] {
+        if !allowed.contains(&uid.type_name().clone()) {
+            let mut names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            names.sort();
+            return Err(RequestError::SchemaMismatch(format!(
+                "{role} type `{}` is not valid for {}; expected one of: {}",
+                uid.type_name(),
+                request.action,
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the context that modelgate fills in itself: `now` and `request`.
+pub(crate) fn standard_context(
+    facts: &crate::request::RequestFacts,
+    now: &str,
+) -> Result<Context, RequestError> {
+    let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
+    let request_record = RestrictedExpression::new_record([
+        (
+            "input_tokens".to_string(),
+            RestrictedExpression::new_long(to_long(facts.input_tokens)),
+        ),
+        (
+            "max_output_tokens".to_string(),
+            RestrictedExpression::new_long(to_long(facts.max_output_tokens)),
+        ),
+        (
+            "total_tokens".to_string(),
+            RestrictedExpression::new_long(to_long(total)),
+        ),
+        (
+            "stream".to_string(),
+            RestrictedExpression::new_bool(facts.stream),
+        ),
+    ])
+    .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
+    let pairs = [
+        ("now".to_string(), RestrictedExpression::new_datetime(now)),
+        ("request".to_string(), request_record),
+    ];
+    Context::from_pairs(pairs).map_err(|error| RequestError::SchemaMismatch(error.to_string()))
+}
+
+/// Builds the context with caller-supplied attributes, for validation by Cedar.
 fn build_context(
     snapshot: &Snapshot,
     request: &CheckRequest,
@@ -453,34 +526,6 @@ fn build_context(
 ) -> Result<Context, RequestError> {
     let facts = request.facts;
     let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
-    if request.context.is_empty() {
-        let request_record = RestrictedExpression::new_record([
-            (
-                "input_tokens".to_string(),
-                RestrictedExpression::new_long(to_long(facts.input_tokens)),
-            ),
-            (
-                "max_output_tokens".to_string(),
-                RestrictedExpression::new_long(to_long(facts.max_output_tokens)),
-            ),
-            (
-                "total_tokens".to_string(),
-                RestrictedExpression::new_long(to_long(total)),
-            ),
-            (
-                "stream".to_string(),
-                RestrictedExpression::new_bool(facts.stream),
-            ),
-        ])
-        .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
-        let pairs = [
-            ("now".to_string(), RestrictedExpression::new_datetime(now)),
-            ("request".to_string(), request_record),
-        ];
-        return Context::from_pairs(pairs)
-            .map_err(|error| RequestError::SchemaMismatch(error.to_string()));
-    }
-
     let mut record = Map::new();
     record.insert(
         "now".to_string(),

@@ -1,11 +1,13 @@
 //! One immutable, fully validated policy set: schema, policies with their sources, and
 //! entities. A decision reads exactly one snapshot.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::SystemTime;
 
-use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicyId, PolicySet, Schema};
+use cedar_policy::{
+    Context, Entities, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema,
+};
 
 use crate::decision::PolicyRef;
 use crate::diagnostic::{Diagnostic, SourceFile};
@@ -55,6 +57,61 @@ impl miette::Diagnostic for LoadError {
     }
 }
 
+/// What the schema allows for one action, precomputed so that a request built from typed
+/// values needs no schema validation per decision.
+#[derive(Debug, Clone)]
+pub(crate) struct ActionEnv {
+    pub principals: HashSet<EntityTypeName>,
+    pub resources: HashSet<EntityTypeName>,
+    /// Whether the context modelgate builds (`now` and `request`) is exactly what the
+    /// action declares. When not, every request is validated by Cedar against the schema.
+    pub standard_context: bool,
+}
+
+fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
+    let mut envs = HashMap::new();
+    for action in schema.actions() {
+        let principals: HashSet<EntityTypeName> = schema
+            .principals_for_action(action)
+            .map(|types| types.cloned().collect())
+            .unwrap_or_default();
+        let resources: HashSet<EntityTypeName> = schema
+            .resources_for_action(action)
+            .map(|types| types.cloned().collect())
+            .unwrap_or_default();
+        let standard_context = match (principals.iter().next(), resources.iter().next()) {
+            (Some(principal), Some(resource)) => crate::engine::standard_context(
+                &crate::request::RequestFacts::default(),
+                "1970-01-01T00:00:00.000Z",
+            )
+            .ok()
+            .is_some_and(|context: Context| {
+                let probe = |entity_type: &EntityTypeName| {
+                    EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new("probe"))
+                };
+                Request::new(
+                    probe(principal),
+                    action.clone(),
+                    probe(resource),
+                    context,
+                    Some(schema),
+                )
+                .is_ok()
+            }),
+            _ => false,
+        };
+        envs.insert(
+            action.clone(),
+            ActionEnv {
+                principals,
+                resources,
+                standard_context,
+            },
+        );
+    }
+    envs
+}
+
 /// A loaded policy set. Cheap to share behind an `Arc`; never changes after loading.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -65,6 +122,8 @@ pub struct Snapshot {
     pub(crate) sources: Vec<SourceFile>,
     pub(crate) action_ids: BTreeSet<String>,
     pub(crate) entity_types: BTreeSet<String>,
+    pub(crate) entity_type_names: HashSet<EntityTypeName>,
+    pub(crate) action_envs: HashMap<EntityUid, ActionEnv>,
     fingerprint: String,
     warnings: Vec<Diagnostic>,
     loaded_at: SystemTime,
@@ -103,7 +162,10 @@ impl Snapshot {
             .entity_types()
             .map(EntityTypeName::to_string)
             .collect();
+        let action_envs = action_envs(&parsed.schema);
+        let entity_type_names = parsed.schema.entity_types().cloned().collect();
         Ok(Self {
+            action_envs,
             schema: parsed.schema,
             policies: parsed.policies,
             refs: parsed.policy_refs,
@@ -111,6 +173,7 @@ impl Snapshot {
             sources: parsed.sources,
             action_ids,
             entity_types,
+            entity_type_names,
             fingerprint: parsed.fingerprint,
             warnings: diagnostics,
             loaded_at: SystemTime::now(),
@@ -180,6 +243,21 @@ impl Snapshot {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// The Cedar policy set, with every policy named by its modelgate id.
+    pub fn cedar_policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The Cedar entity store, including the schema's action entities.
+    pub fn cedar_entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// The Cedar schema.
+    pub fn cedar_schema(&self) -> &Schema {
+        &self.schema
     }
 
     /// The action ids that the schema declares, sorted.
