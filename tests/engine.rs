@@ -341,3 +341,27 @@ fn failed_reload_keeps_last_good_set() {
     assert_eq!(decision.decision, Outcome::Deny);
     assert_eq!(decision.generation, 2);
 }
+
+#[test]
+fn schema_with_other_context_shape_rejects_requests() {
+    // An action whose declared context is not the one modelgate builds: every request for
+    // it must fail validation instead of being evaluated with an unexpected context.
+    let schema_dir = tempfile::tempdir().expect("temp dir");
+    fs::write(
+        schema_dir.path().join("other.cedarschema"),
+        r#"entity User;
+entity Model;
+action chat appliesTo { principal: [User], resource: [Model], context: { region: String } };
+"#,
+    )
+    .expect("write schema");
+    let dir = policy_dir(
+        r#"@id("all") @reason("everyone") permit (principal, action, resource);"#,
+        json!([]),
+    );
+    let engine = Engine::load(LoadOptions::new(dir.path(), schema_dir.path())).expect("loads");
+    let error = engine
+        .check(&chat("User::\"u1\"", 10))
+        .expect_err("context does not match the schema");
+    assert!(matches!(error, RequestError::SchemaMismatch(_)), "{error}");
+}
