@@ -1,4 +1,4 @@
-//! The public entry point: a shareable handle holding the current snapshot, answering
+//! The public entry point: a shareable handle that contains the current snapshot and decides
 //! access checks.
 
 use std::collections::HashSet;
@@ -17,7 +17,7 @@ use crate::load::LoadOptions;
 use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
 use crate::snapshot::{LoadError, Snapshot};
 
-/// What to do when a policy fails to evaluate (for example an integer overflow or a missing
+/// The rule for a policy that fails to evaluate (for example an integer overflow or a missing
 /// attribute). Cedar on its own skips such a policy, so an erroring `forbid` lets a `permit`
 /// through.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub enum ErrorPolicy {
 /// Settings of an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// What an evaluation error does to the decision.
+    /// The effect of an evaluation error on the decision.
     pub error_policy: ErrorPolicy,
     /// The largest token count accepted in one request field; larger requests are rejected
     /// before evaluation so that policy arithmetic cannot overflow.
@@ -119,17 +119,18 @@ impl Engine {
         })
     }
 
-    /// The snapshot in use. A caller that holds it keeps it alive across reloads.
+    /// Returns the snapshot in use. A caller that keeps the `Arc` keeps the snapshot alive
+    /// across reloads.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
-    /// The options the engine was loaded from.
+    /// Returns the options the engine was loaded from.
     pub fn load_options(&self) -> &LoadOptions {
         &self.load_options
     }
 
-    /// The engine's settings.
+    /// Returns the engine's settings.
     pub fn options(&self) -> &EngineOptions {
         &self.options
     }
@@ -166,7 +167,7 @@ impl Engine {
         }
     }
 
-    /// The generation, counts, fingerprint and last reload error.
+    /// Returns the generation, counts, fingerprint and last reload error.
     pub fn status(&self) -> EngineStatus {
         let snapshot = self.current.load();
         let last_error = self

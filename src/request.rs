@@ -54,7 +54,7 @@ pub enum RequestError {
         field: &'static str,
         /// The text given.
         value: String,
-        /// What is wrong.
+        /// The problem, in words.
         message: String,
     },
     /// An entity type the schema does not declare.
@@ -171,7 +171,7 @@ impl CheckRequest {
         self
     }
 
-    /// Parses the JSON form of a request, as read by `modelgate check --request` and from
+    /// Parses the JSON form of a request, as read by `modelgate check REQUEST` and from
     /// standard input.
     pub fn from_json(text: &str) -> Result<Self, RequestError> {
         let value: Value =

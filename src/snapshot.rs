@@ -21,12 +21,12 @@ pub struct LoadError {
 }
 
 impl LoadError {
-    /// Every error and warning found, in file order.
+    /// Returns every error and warning found, in file order.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         &self.diagnostics
     }
 
-    /// The errors only.
+    /// Returns the errors only.
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics.iter().filter(|d| d.is_error())
     }
@@ -57,7 +57,7 @@ impl miette::Diagnostic for LoadError {
     }
 }
 
-/// What the schema allows for one action, precomputed so that a request built from typed
+/// The principal and resource types that the schema allows for one action, precomputed so that a request built from typed
 /// values needs no schema validation per decision.
 #[derive(Debug, Clone)]
 pub(crate) struct ActionEnv {
@@ -181,49 +181,49 @@ impl Snapshot {
         })
     }
 
-    /// Number of policies.
+    /// Returns the number of policies.
     pub fn policy_count(&self) -> usize {
         self.refs.len()
     }
 
-    /// Number of entities, including the action entities that the schema declares.
+    /// Returns the number of entities, including the action entities that the schema declares.
     pub fn entity_count(&self) -> usize {
         self.entities.len()
     }
 
-    /// SHA-256 over the paths and contents of every file the snapshot was built from.
+    /// Returns the SHA-256 over the paths and contents of every file the snapshot was built from.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
-    /// The warnings found while loading.
+    /// Returns the warnings found while loading.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
     }
 
-    /// When the snapshot finished loading.
+    /// Returns when the snapshot finished loading.
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
     }
 
-    /// The engine generation this snapshot was published as (0 before publication).
+    /// Returns the engine generation this snapshot was published as (0 before publication).
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// Every policy, sorted by id.
+    /// Returns every policy, sorted by id.
     pub fn policies(&self) -> Vec<&PolicyRef> {
         let mut policies: Vec<&PolicyRef> = self.refs.values().collect();
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         policies
     }
 
-    /// The policy with this id.
+    /// Returns the policy with this id.
     pub fn policy(&self, id: &str) -> Option<&PolicyRef> {
         self.refs.get(&PolicyId::new(id))
     }
 
-    /// The files the snapshot was read from.
+    /// Returns the files the snapshot was read from.
     pub fn sources(&self) -> &[SourceFile] {
         &self.sources
     }
@@ -233,7 +233,7 @@ impl Snapshot {
         self.entities.get(uid).is_some()
     }
 
-    /// Ids of the entities of one type, sorted.
+    /// Returns the ids of the entities of one type, sorted.
     pub fn entity_ids_of_type(&self, entity_type: &str) -> Vec<String> {
         let mut ids: Vec<String> = self
             .entities
@@ -245,22 +245,22 @@ impl Snapshot {
         ids
     }
 
-    /// The Cedar policy set, with every policy named by its modelgate id.
+    /// Returns the Cedar policy set, with every policy named by its modelgate id.
     pub fn cedar_policies(&self) -> &PolicySet {
         &self.policies
     }
 
-    /// The Cedar entity store, including the schema's action entities.
+    /// Returns the Cedar entity store, including the schema's action entities.
     pub fn cedar_entities(&self) -> &Entities {
         &self.entities
     }
 
-    /// The Cedar schema.
+    /// Returns the Cedar schema.
     pub fn cedar_schema(&self) -> &Schema {
         &self.schema
     }
 
-    /// The action ids that the schema declares, sorted.
+    /// Returns the action ids that the schema declares, sorted.
     pub fn action_ids(&self) -> impl Iterator<Item = &str> {
         self.action_ids.iter().map(String::as_str)
     }
