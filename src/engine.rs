@@ -40,6 +40,10 @@ pub struct EngineOptions {
     pub max_tokens: u64,
     /// The source of `context.now` for requests that do not set it.
     pub clock: Arc<dyn Clock>,
+    /// Evaluate only the policies whose scope can match each request (on by default). The
+    /// decision, determining policies and errors are the same either way; turning it off
+    /// makes Cedar evaluate every policy, for comparison.
+    pub policy_slicing: bool,
 }
 
 impl Default for EngineOptions {
@@ -48,6 +52,7 @@ impl Default for EngineOptions {
             error_policy: ErrorPolicy::FailClosed,
             max_tokens: DEFAULT_MAX_TOKENS,
             clock: Arc::new(SystemClock),
+            policy_slicing: true,
         }
     }
 }
@@ -203,9 +208,19 @@ impl Engine {
     ) -> Result<Decision, RequestError> {
         let prepared = self.prepare(snapshot, request)?;
         let entities = prepared.entities.as_ref().unwrap_or(&snapshot.entities);
-        let response =
+        let response = if self.options.policy_slicing {
+            let slice = snapshot.index.slice(
+                &request.principal,
+                &request.action,
+                &request.resource,
+                entities,
+            );
             self.authorizer
-                .is_authorized(&prepared.request, &snapshot.policies, entities);
+                .is_authorized(&prepared.request, &slice, entities)
+        } else {
+            self.authorizer
+                .is_authorized(&prepared.request, &snapshot.policies, entities)
+        };
         Ok(self.decide(snapshot, request, entities, &response))
     }
 

@@ -27,6 +27,7 @@ pub mod engine;
 pub mod load;
 pub mod render;
 pub mod request;
+mod slice;
 pub mod snapshot;
 pub mod validate;
 

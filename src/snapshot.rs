@@ -12,6 +12,7 @@ use cedar_policy::{
 use crate::decision::PolicyRef;
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::load::{parse_all, LoadOptions};
+use crate::slice::PolicyIndex;
 use crate::validate::{sort_diagnostics, validate_parsed};
 
 /// Loading a policy set failed; every problem found is kept.
@@ -124,6 +125,7 @@ pub struct Snapshot {
     pub(crate) entity_types: BTreeSet<String>,
     pub(crate) entity_type_names: HashSet<EntityTypeName>,
     pub(crate) action_envs: HashMap<EntityUid, ActionEnv>,
+    pub(crate) index: PolicyIndex,
     fingerprint: String,
     warnings: Vec<Diagnostic>,
     loaded_at: SystemTime,
@@ -163,9 +165,11 @@ impl Snapshot {
             .map(EntityTypeName::to_string)
             .collect();
         let action_envs = action_envs(&parsed.schema);
+        let index = PolicyIndex::new(&parsed.policies);
         let entity_type_names = parsed.schema.entity_types().cloned().collect();
         Ok(Self {
             action_envs,
+            index,
             schema: parsed.schema,
             policies: parsed.policies,
             refs: parsed.policy_refs,

@@ -1,0 +1,258 @@
+//! Scope-indexed policy slicing: picks, for one request, the policies whose scope can match,
+//! so that Cedar evaluates only those.
+//!
+//! A policy whose scope does not match a request is neither satisfied nor evaluated past its
+//! scope (Cedar evaluates the scope first and short-circuits), so leaving it out changes
+//! neither the decision, nor the determining policies, nor the errors. The index therefore
+//! only has to be exact in one direction: it may return a policy that does not match (Cedar
+//! then finds it unsatisfied), but it must never miss one that does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
+};
+
+/// Slices cached per index before the cache is emptied and starts again. Each slice holds
+/// clones of its policies, so the bound keeps memory proportional to the policy set.
+const MAX_CACHED_SLICES: usize = 4096;
+
+/// A scope constraint on the principal or the resource.
+#[derive(Debug, Clone)]
+enum EntityScope {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    Is(EntityTypeName),
+    IsIn(EntityTypeName, EntityUid),
+}
+
+impl EntityScope {
+    fn from_principal(constraint: PrincipalConstraint) -> Self {
+        match constraint {
+            PrincipalConstraint::Any => EntityScope::Any,
+            PrincipalConstraint::Eq(uid) => EntityScope::Eq(uid),
+            PrincipalConstraint::In(uid) => EntityScope::In(uid),
+            PrincipalConstraint::Is(entity_type) => EntityScope::Is(entity_type),
+            PrincipalConstraint::IsIn(entity_type, uid) => EntityScope::IsIn(entity_type, uid),
+        }
+    }
+
+    fn from_resource(constraint: ResourceConstraint) -> Self {
+        match constraint {
+            ResourceConstraint::Any => EntityScope::Any,
+            ResourceConstraint::Eq(uid) => EntityScope::Eq(uid),
+            ResourceConstraint::In(uid) => EntityScope::In(uid),
+            ResourceConstraint::Is(entity_type) => EntityScope::Is(entity_type),
+            ResourceConstraint::IsIn(entity_type, uid) => EntityScope::IsIn(entity_type, uid),
+        }
+    }
+
+    /// Applies Cedar's scope semantics: `in` is true for the entity itself and for every
+    /// ancestor in the entity store.
+    fn matches(&self, uid: &EntityUid, entities: &Entities) -> bool {
+        match self {
+            EntityScope::Any => true,
+            EntityScope::Eq(target) => uid == target,
+            EntityScope::In(target) => is_in(uid, target, entities),
+            EntityScope::Is(entity_type) => uid.type_name() == entity_type,
+            EntityScope::IsIn(entity_type, target) => {
+                uid.type_name() == entity_type && is_in(uid, target, entities)
+            }
+        }
+    }
+}
+
+/// Cedar's `uid in target`: equal, or `target` is an ancestor of `uid` in the entity store.
+/// `Entities::is_ancestor_of` alone is false for an entity and itself.
+fn is_in(uid: &EntityUid, target: &EntityUid, entities: &Entities) -> bool {
+    uid == target || entities.is_ancestor_of(target, uid)
+}
+
+#[derive(Debug, Clone)]
+enum ActionScope {
+    Any,
+    Eq(EntityUid),
+    In(Vec<EntityUid>),
+}
+
+impl ActionScope {
+    fn matches(&self, action: &EntityUid, entities: &Entities) -> bool {
+        match self {
+            ActionScope::Any => true,
+            ActionScope::Eq(target) => action == target,
+            ActionScope::In(targets) => {
+                targets.iter().any(|target| is_in(action, target, entities))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scope {
+    principal: EntityScope,
+    action: ActionScope,
+    resource: EntityScope,
+}
+
+/// The policies of one snapshot, indexed by scope.
+#[derive(Debug)]
+pub(crate) struct PolicyIndex {
+    policies: Vec<Policy>,
+    scopes: Vec<Scope>,
+    /// Policies whose principal scope names an entity (`==`, `in`, `is ... in`), by that entity.
+    by_principal: HashMap<EntityUid, Vec<u32>>,
+    /// Policies whose principal scope is `is T`, by `T`.
+    by_principal_type: HashMap<EntityTypeName, Vec<u32>>,
+    /// Policies with an unconstrained principal, by each action their action scope names.
+    open_principal_by_action: HashMap<EntityUid, Vec<u32>>,
+    /// Policies with an unconstrained principal and action.
+    open_principal_any_action: Vec<u32>,
+    cache: ArcSwap<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+}
+
+impl PolicyIndex {
+    /// Indexes every policy of `set`.
+    pub(crate) fn new(set: &PolicySet) -> Self {
+        let mut index = Self {
+            policies: Vec::new(),
+            scopes: Vec::new(),
+            by_principal: HashMap::new(),
+            by_principal_type: HashMap::new(),
+            open_principal_by_action: HashMap::new(),
+            open_principal_any_action: Vec::new(),
+            cache: ArcSwap::from_pointee(HashMap::new()),
+        };
+        for policy in set.policies() {
+            index.add(policy.clone());
+        }
+        index
+    }
+
+    fn add(&mut self, policy: Policy) {
+        let Ok(number) = u32::try_from(self.policies.len()) else {
+            // INVARIANT: a policy set of more than 4 billion policies cannot be loaded in
+            // memory, so this branch is never taken; skipping would only over-select.
+            return;
+        };
+        let scope = Scope {
+            principal: EntityScope::from_principal(policy.principal_constraint()),
+            action: match policy.action_constraint() {
+                ActionConstraint::Any => ActionScope::Any,
+                ActionConstraint::Eq(uid) => ActionScope::Eq(uid),
+                ActionConstraint::In(uids) => ActionScope::In(uids),
+            },
+            resource: EntityScope::from_resource(policy.resource_constraint()),
+        };
+        match &scope.principal {
+            EntityScope::Eq(uid) | EntityScope::In(uid) | EntityScope::IsIn(_, uid) => {
+                self.by_principal
+                    .entry(uid.clone())
+                    .or_default()
+                    .push(number);
+            }
+            EntityScope::Is(entity_type) => {
+                self.by_principal_type
+                    .entry(entity_type.clone())
+                    .or_default()
+                    .push(number);
+            }
+            EntityScope::Any => match &scope.action {
+                ActionScope::Any => self.open_principal_any_action.push(number),
+                ActionScope::Eq(uid) => {
+                    self.open_principal_by_action
+                        .entry(uid.clone())
+                        .or_default()
+                        .push(number);
+                }
+                ActionScope::In(uids) => {
+                    for uid in uids {
+                        self.open_principal_by_action
+                            .entry(uid.clone())
+                            .or_default()
+                            .push(number);
+                    }
+                }
+            },
+        }
+        self.policies.push(policy);
+        self.scopes.push(scope);
+    }
+
+    /// Returns the policies whose scope matches the request, as a policy set that Cedar can
+    /// evaluate. Slices are cached by their content, so a repeated shape of request costs a
+    /// few hash lookups.
+    pub(crate) fn slice(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Arc<PolicySet> {
+        let candidates = self.candidates(principal, action, resource, entities);
+        if let Some(found) = self.cache.load().get(candidates.as_slice()) {
+            return Arc::clone(found);
+        }
+        let selected = candidates
+            .iter()
+            .filter_map(|number| self.policies.get(*number as usize).cloned());
+        // INVARIANT: the policies come from a valid set with unique ids, so building a subset
+        // cannot fail; an empty set would deny, never allow.
+        let slice = Arc::new(PolicySet::from_policies(selected).unwrap_or_default());
+        let key: Box<[u32]> = candidates.into_boxed_slice();
+        self.cache.rcu(|cache| {
+            let mut next = if cache.len() >= MAX_CACHED_SLICES {
+                HashMap::new()
+            } else {
+                HashMap::clone(cache)
+            };
+            next.insert(key.clone(), Arc::clone(&slice));
+            next
+        });
+        slice
+    }
+
+    /// Returns the sorted numbers of the policies whose whole scope matches the request.
+    fn candidates(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Vec<u32> {
+        let mut found: Vec<u32> = Vec::new();
+        let mut extend = |numbers: Option<&Vec<u32>>| {
+            if let Some(numbers) = numbers {
+                found.extend_from_slice(numbers);
+            }
+        };
+        extend(self.by_principal.get(principal));
+        if let Some(ancestors) = entities.ancestors(principal) {
+            for ancestor in ancestors {
+                extend(self.by_principal.get(ancestor));
+            }
+        }
+        extend(self.by_principal_type.get(principal.type_name()));
+        extend(self.open_principal_by_action.get(action));
+        if let Some(ancestors) = entities.ancestors(action) {
+            for ancestor in ancestors {
+                extend(self.open_principal_by_action.get(ancestor));
+            }
+        }
+        found.extend_from_slice(&self.open_principal_any_action);
+
+        found.sort_unstable();
+        found.dedup();
+        found.retain(|number| {
+            self.scopes.get(*number as usize).is_some_and(|scope| {
+                scope.principal.matches(principal, entities)
+                    && scope.action.matches(action, entities)
+                    && scope.resource.matches(resource, entities)
+            })
+        });
+        found
+    }
+}
