@@ -79,12 +79,21 @@ pub(crate) fn parse_all(options: &LoadOptions) -> (Option<Parsed>, Vec<Diagnosti
     let mut diagnostics = Vec::new();
     let mut sources = Vec::new();
 
+    let started = std::time::Instant::now();
     let schema = load_schema(&options.schema, &mut sources, &mut diagnostics);
+    let schema_done = started.elapsed();
     let policies = load_policies(options, &mut sources, &mut diagnostics);
+    let policies_done = started.elapsed();
     let entities = match &schema {
         Some(schema) => load_entities(&options.entities, schema, &mut sources, &mut diagnostics),
         None => None,
     };
+    tracing::debug!(
+        schema_ms = schema_done.as_secs_f64() * 1e3,
+        policies_ms = (policies_done - schema_done).as_secs_f64() * 1e3,
+        entities_ms = (started.elapsed() - policies_done).as_secs_f64() * 1e3,
+        "parsed policy set sources"
+    );
 
     if diagnostics.iter().any(Diagnostic::is_error) {
         return (None, diagnostics);
@@ -495,77 +504,67 @@ fn load_entities(
         files.extend(discover_or_report(path, "json", "entities", diagnostics));
     }
 
-    let mut per_file: Vec<(SourceFile, Value)> = Vec::new();
+    let mut parsed_files: Vec<(usize, Entities)> = Vec::new();
     let mut ok = true;
     for path in files {
         let Some(source) = read_source(&path, diagnostics) else {
             ok = false;
             continue;
         };
-        match serde_json::from_str::<Value>(&source.text) {
-            Ok(Value::Array(items)) => per_file.push((source.clone(), Value::Array(items))),
-            Ok(_) => {
-                diagnostics.push(
-                    Diagnostic::error("entities-shape", "an entity file must hold a JSON array")
-                        .at(&source, 0, 1)
-                        .with_help(
-                            "write `[ {\"uid\": ..., \"attrs\": ..., \"parents\": ...}, ... ]`",
-                        ),
-                );
-                ok = false;
-            }
+        // Cedar parses the text directly; serde_json runs only to explain a failure, because
+        // its errors carry a line and column.
+        match Entities::from_json_str(&source.text, Some(schema)) {
+            Ok(entities) => parsed_files.push((sources.len(), entities)),
             Err(error) => {
-                diagnostics.push(json_syntax_diagnostic(&source, &error));
                 ok = false;
+                let diagnostic = match serde_json::from_str::<Value>(&source.text) {
+                    Err(syntax) => json_syntax_diagnostic(&source, &syntax),
+                    Ok(Value::Array(_)) => entity_diagnostic(&source, &error),
+                    Ok(_) => {
+                        Diagnostic::error("entities-shape", "an entity file must hold a JSON array")
+                            .at(&source, 0, 1)
+                            .with_help(
+                                "write `[ {\"uid\": ..., \"attrs\": ..., \"parents\": ...}, ... ]`",
+                            )
+                    }
+                };
+                diagnostics.push(diagnostic);
             }
         }
         sources.push(source);
     }
     if !ok {
-        // Still check the files that parsed, so that one run reports every problem.
-        for (source, value) in &per_file {
-            if let Err(error) = Entities::from_json_value(value.clone(), Some(schema)) {
-                diagnostics.push(entity_diagnostic(source, &error));
-            }
-        }
         return None;
     }
 
-    let all: Vec<Value> = per_file
-        .iter()
-        .flat_map(|(_, value)| value.as_array().cloned().unwrap_or_default())
-        .collect();
-    match Entities::from_json_value(Value::Array(all), Some(schema)) {
-        Ok(entities) => Some(entities),
-        Err(combined_error) => {
-            // Find the file to blame by checking each file on its own.
-            let mut blamed = false;
-            for (source, value) in &per_file {
-                if let Err(error) = Entities::from_json_value(value.clone(), Some(schema)) {
-                    diagnostics.push(entity_diagnostic(source, &error));
-                    blamed = true;
-                }
-            }
-            if !blamed {
-                let mut diagnostic = Diagnostic::from_cedar(
-                    Severity::Error,
-                    "entities-invalid",
-                    &combined_error,
-                    None,
-                );
-                if let Some((source, offset)) = per_file.iter().find_map(|(source, _)| {
-                    locate_entity_in(&source.text, &diagnostic.message)
-                        .map(|offset| (source, offset))
-                }) {
-                    diagnostic = diagnostic.at(source, offset, 1);
+    // Merge into the largest file's store. Entities were validated per file, and identical
+    // copies (the schema's action entities) merge silently.
+    parsed_files.sort_by_key(|(_, entities)| std::cmp::Reverse(entities.len()));
+    let mut files = parsed_files.into_iter();
+    let Some((_, mut merged)) = files.next() else {
+        return Entities::from_json_str("[]", Some(schema)).ok();
+    };
+    for (source_index, entities) in files {
+        let additions: Vec<cedar_policy::Entity> = entities.iter().cloned().collect();
+        merged = match merged.add_entities(additions, None) {
+            Ok(merged) => merged,
+            Err(error) => {
+                let mut diagnostic =
+                    Diagnostic::from_cedar(Severity::Error, "entities-invalid", &error, None);
+                if let Some(source) = sources.get(source_index) {
+                    diagnostic = diagnostic.in_file(&source.path);
+                    if let Some(offset) = locate_entity_in(&source.text, &diagnostic.message) {
+                        diagnostic = diagnostic.at(source, offset, 1);
+                    }
                 }
                 diagnostics.push(diagnostic.with_help(
                     "each entity may appear in only one entity file; remove the duplicate",
                 ));
+                return None;
             }
-            None
-        }
+        };
     }
+    Some(merged)
 }
 
 pub(crate) fn json_syntax_diagnostic(source: &SourceFile, error: &serde_json::Error) -> Diagnostic {

@@ -148,7 +148,9 @@ impl Snapshot {
             sort_diagnostics(&mut diagnostics);
             return Err(LoadError { diagnostics });
         };
+        let started = std::time::Instant::now();
         diagnostics.extend(validate_parsed(&parsed));
+        let validated = started.elapsed();
         sort_diagnostics(&mut diagnostics);
         if diagnostics.iter().any(Diagnostic::is_error) {
             return Err(LoadError { diagnostics });
@@ -166,6 +168,11 @@ impl Snapshot {
             .collect();
         let action_envs = action_envs(&parsed.schema);
         let index = PolicyIndex::new(&parsed.policies);
+        tracing::debug!(
+            validation_ms = validated.as_secs_f64() * 1e3,
+            indexing_ms = (started.elapsed() - validated).as_secs_f64() * 1e3,
+            "validated and indexed policy set"
+        );
         let entity_type_names = parsed.schema.entity_types().cloned().collect();
         Ok(Self {
             action_envs,
