@@ -26,6 +26,7 @@ pub mod load;
 pub mod render;
 pub mod request;
 pub mod snapshot;
+pub mod testing;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
