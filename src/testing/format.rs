@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::decision::{Outcome, Status};
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::load::json_syntax_diagnostic;
-use crate::request::{CheckRequest, RequestError, RequestFacts};
+use crate::request::{closest, CheckRequest, RequestError, RequestFacts};
 use crate::testing::expand::{expand_case, CaseFields};
 
 /// Help shown with every problem in the shape of a test file.
@@ -222,15 +222,46 @@ fn data_diagnostic(source: &SourceFile, error: &serde_json::Error) -> Diagnostic
         .map_or(message.as_str(), |(head, _)| head)
         .to_string();
     let help = if message.contains("missing field `expect`") {
-        "add an expectation such as `\"expect\": \"allow\"` or `\"expect\": {\"decision\": \"deny\", \"status\": 403}`"
+        "add an expectation such as `\"expect\": \"allow\"` or `\"expect\": {\"decision\": \"deny\", \"status\": 403}`".to_string()
     } else if message.contains("missing field `name`") {
-        "give the file and every case a `\"name\"`"
+        "give the file and every case a `\"name\"`".to_string()
+    } else if message.contains("unknown decision") {
+        "write `\"expect\": \"allow\"` or `\"expect\": \"deny\"`, or an object with `\"decision\"`"
+            .to_string()
+    } else if let Some(suggestion) = suggest_field(&message) {
+        format!("did you mean `{suggestion}`?")
     } else {
-        FORMAT_HELP
+        FORMAT_HELP.to_string()
     };
     Diagnostic::error("test-file-invalid", format!("invalid test file: {message}"))
         .at_line_column(source, error.line().max(1), error.column().max(1))
         .with_help(help)
+}
+
+/// Finds the field closest to the unknown one in serde's "unknown field `x`, expected one
+/// of `a`, `b`" message.
+fn suggest_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    if let Some(suggestion) = closest(unknown, candidates.iter().copied()) {
+        return Some(suggestion);
+    }
+    // Also catch a shortened name such as `max_tokens` for `max_output_tokens`: the
+    // candidate sharing at least two `_`-separated words.
+    let words: Vec<&str> = unknown.split('_').collect();
+    candidates
+        .into_iter()
+        .map(|candidate| {
+            let shared = candidate
+                .split('_')
+                .filter(|word| words.contains(word))
+                .count();
+            (shared, candidate)
+        })
+        .filter(|(shared, _)| *shared >= 2)
+        .max_by_key(|(shared, _)| *shared)
+        .map(|(_, candidate)| candidate.to_string())
 }
 
 // --- modelgate format ----------------------------------------------------------

@@ -140,16 +140,12 @@ pub enum Verdict {
 }
 
 impl Summary {
-    /// Formats the closing line: `N passed, M failed`, then `, K skipped` and `, E errors`
-    /// when there are any.
+    /// Formats the closing line, `N passed, M failed` with `, K skipped` when cases were
+    /// skipped. CI tools parse this exact form, so errors are reported on a line of their own.
     pub fn line(&self) -> String {
         let mut line = format!("{} passed, {} failed", self.passed, self.failed);
         if self.skipped > 0 {
             line.push_str(&format!(", {} skipped", self.skipped));
-        }
-        if self.errors > 0 {
-            let noun = if self.errors == 1 { "error" } else { "errors" };
-            line.push_str(&format!(", {} {noun}", self.errors));
         }
         line
     }

@@ -146,7 +146,7 @@ impl<O: Write, E: Write> HumanReporter<O, E> {
                 "error"
             };
             writeln!(self.err, "{severity}: no tests were run")?;
-            if !summary.allow_empty {
+            if !summary.allow_empty && summary.errors == 0 {
                 for file in &summary.unmatched_files {
                     writeln!(
                         self.err,
@@ -172,6 +172,18 @@ impl<O: Write, E: Write> HumanReporter<O, E> {
                     "  = help: add cases that reach the uncovered policies listed above"
                 )?;
             }
+        }
+        if summary.errors > 0 {
+            let noun = if summary.errors == 1 {
+                "error"
+            } else {
+                "errors"
+            };
+            writeln!(
+                self.out,
+                "{} {noun}: test files or cases that could not run",
+                summary.errors
+            )?;
         }
         writeln!(self.out, "{}", summary.line())
     }

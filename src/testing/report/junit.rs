@@ -87,7 +87,7 @@ impl JunitReporter {
                             xml,
                             "      <error message=\"{}\" type=\"test-file\">{}</error>",
                             escape(first),
-                            escape(message)
+                            escape_text(message)
                         );
                         let _ = writeln!(xml, "    </testcase>");
                     }
@@ -144,7 +144,7 @@ fn write_case(xml: &mut String, suite: &str, result: &CaseResult) {
                 xml,
                 "      <failure message=\"{}\" type=\"decision\">{}</failure>",
                 escape(&message),
-                escape(&body)
+                escape_text(&body)
             );
         }
         CaseStatus::Error => {
@@ -161,7 +161,7 @@ fn write_case(xml: &mut String, suite: &str, result: &CaseResult) {
                 xml,
                 "      <error message=\"{}\" type=\"case\">{}</error>",
                 escape(&message),
-                escape(&body)
+                escape_text(&body)
             );
         }
     }
@@ -201,9 +201,13 @@ fn seconds(duration: Duration) -> String {
     format!("{:.6}", duration.as_secs_f64())
 }
 
-/// Escapes text for XML attributes and character data; drops control characters that XML
-/// 1.0 does not allow.
+/// Escapes text for an XML attribute, where line breaks must be written as references.
 fn escape(text: &str) -> String {
+    escape_text(text).replace('\n', "&#10;")
+}
+
+/// Escapes XML character data, dropping the control characters that XML 1.0 does not allow.
+fn escape_text(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for character in text.chars() {
         match character {
@@ -212,7 +216,7 @@ fn escape(text: &str) -> String {
             '>' => escaped.push_str("&gt;"),
             '"' => escaped.push_str("&quot;"),
             '\'' => escaped.push_str("&apos;"),
-            '\n' => escaped.push_str("&#10;"),
+            '\n' => escaped.push('\n'),
             '\t' | '\r' => escaped.push(' '),
             c if (c as u32) < 0x20 => {}
             c => escaped.push(c),
