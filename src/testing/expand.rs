@@ -192,3 +192,79 @@ fn set_field(fields: &mut CaseFields, field: &str, value: &str) -> Result<(), St
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_case(json: &str) -> Option<WireCase> {
+        serde_json::from_str(json).ok()
+    }
+
+    fn expanded_names(json: &str) -> Result<Vec<String>, String> {
+        let case = wire_case(json).ok_or("case does not parse")?;
+        let base = CaseFields::from_wire(&case, None);
+        let expanded = expand_case(&case, &base)?;
+        Ok(expanded.into_iter().map(|(name, _)| name).collect())
+    }
+
+    #[test]
+    fn placeholder_takes_the_value() {
+        let names = expanded_names(
+            r#"{"name": "call {model}", "principal": "ApiKey::k", "expect": "allow",
+                "for_each": {"model": ["a", "b"]}}"#,
+        );
+        assert_eq!(names, Ok(vec!["call a".to_string(), "call b".to_string()]));
+    }
+
+    #[test]
+    fn values_without_placeholder_are_appended() {
+        let names = expanded_names(
+            r#"{"name": "call", "model": "m", "expect": "allow",
+                "for_each": {"principal": ["User::a"], "input_tokens": [1, 2]}}"#,
+        );
+        assert_eq!(
+            names,
+            Ok(vec![
+                "call [principal=User::a, input_tokens=1]".to_string(),
+                "call [principal=User::a, input_tokens=2]".to_string(),
+            ])
+        );
+    }
+
+    #[test]
+    fn field_in_case_and_for_each_is_rejected() {
+        let names = expanded_names(
+            r#"{"name": "x", "model": "m", "expect": "allow", "for_each": {"model": ["a"]}}"#,
+        );
+        assert_eq!(
+            names,
+            Err("case `x` sets `model` both in the case and in `for_each`".to_string())
+        );
+    }
+
+    #[test]
+    fn empty_list_is_rejected() {
+        let names =
+            expanded_names(r#"{"name": "x", "expect": "allow", "for_each": {"model": []}}"#);
+        assert_eq!(
+            names,
+            Err("case `x` has an empty `for_each.model` list".to_string())
+        );
+    }
+
+    #[test]
+    fn fixture_now_applies_unless_case_sets_it() {
+        let own = wire_case(r#"{"name": "x", "now": "2026-01-01T00:00:00Z", "expect": "allow"}"#);
+        let inherited = wire_case(r#"{"name": "y", "expect": "allow"}"#);
+        let fixture = Some("2026-12-04T12:00:00Z");
+        assert_eq!(
+            own.map(|case| CaseFields::from_wire(&case, fixture).now),
+            Some(Some("2026-01-01T00:00:00Z".to_string()))
+        );
+        assert_eq!(
+            inherited.map(|case| CaseFields::from_wire(&case, fixture).now),
+            Some(Some("2026-12-04T12:00:00Z".to_string()))
+        );
+    }
+}

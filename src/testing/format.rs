@@ -288,6 +288,9 @@ struct WireFixtures {
     now: Option<String>,
 }
 
+/// One case as written. Unknown fields are rejected so that typos fail. Request facts are
+/// top-level fields, so a later addition such as a `usage` object for quota tests is one
+/// more optional field and existing files stay valid.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WireCase {

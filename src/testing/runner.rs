@@ -682,3 +682,98 @@ fn quote_list(items: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary() -> Summary {
+        Summary {
+            passed: 1,
+            failed: 0,
+            skipped: 0,
+            errors: 0,
+            no_tests_run: false,
+            allow_empty: false,
+            stopped_early: false,
+            coverage: None,
+            min_coverage: None,
+            unmatched_files: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn summary_line_has_the_parsed_form() {
+        let mut summary = summary();
+        assert_eq!(summary.line(), "1 passed, 0 failed");
+        summary.skipped = 2;
+        summary.errors = 3;
+        assert_eq!(summary.line(), "1 passed, 0 failed, 2 skipped");
+    }
+
+    #[test]
+    fn errors_win_over_failures() {
+        let mut summary = summary();
+        summary.failed = 1;
+        assert_eq!(summary.verdict(), Verdict::Failed);
+        summary.errors = 1;
+        assert_eq!(summary.verdict(), Verdict::Error);
+    }
+
+    #[test]
+    fn skips_do_not_mask_failures() {
+        let mut summary = summary();
+        summary.skipped = 5;
+        assert_eq!(summary.verdict(), Verdict::Passed);
+        summary.failed = 1;
+        assert_eq!(summary.verdict(), Verdict::Failed);
+    }
+
+    #[test]
+    fn empty_run_fails_unless_allowed() {
+        let mut summary = summary();
+        summary.passed = 0;
+        summary.no_tests_run = true;
+        assert_eq!(summary.verdict(), Verdict::Error);
+        summary.allow_empty = true;
+        assert_eq!(summary.verdict(), Verdict::Passed);
+    }
+
+    #[test]
+    fn exact_policy_match_reports_extra_policies() {
+        let decision = Decision {
+            decision: Outcome::Deny,
+            status: Some(crate::decision::Status::Unauthorized),
+            reason: crate::decision::Reason::Forbidden,
+            policies: ["a", "b"]
+                .into_iter()
+                .map(|id| crate::decision::PolicyRef {
+                    id: id.to_string(),
+                    effect: crate::decision::Effect::Forbid,
+                    file: PathBuf::from("p.cedar"),
+                    line: 1,
+                    column: 1,
+                    reason: None,
+                    status: None,
+                })
+                .collect(),
+            errors: Vec::new(),
+            explanation: String::new(),
+            generation: 1,
+        };
+        let mut expect = Expectation {
+            decision: Outcome::Deny,
+            status: None,
+            policies: Some(vec!["a".to_string()]),
+            policy_match: PolicyMatch::Exact,
+            errors: ErrorExpectation::Matching(Vec::new()),
+        };
+        assert_eq!(
+            compare(&expect, &decision),
+            vec!["unexpected deciding policies: `b`".to_string()]
+        );
+        expect.policy_match = PolicyMatch::Subset;
+        assert!(compare(&expect, &decision).is_empty());
+    }
+}

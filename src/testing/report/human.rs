@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use crate::decision::{Decision, Outcome};
 use crate::render::diagnostic_human;
 use crate::testing::coverage::Coverage;
+use crate::testing::format::{ErrorExpectation, Expectation, PolicyMatch};
 use crate::testing::report::Reporter;
 use crate::testing::runner::{CaseResult, CaseStatus, Event, Summary};
 
@@ -80,11 +81,16 @@ impl<O: Write, E: Write> HumanReporter<O, E> {
                 Ok(())
             }
             CaseStatus::Failed => {
-                for failure in &result.failures {
-                    writeln!(self.out, "{INDENT}{failure}")?;
-                }
+                writeln!(
+                    self.out,
+                    "{INDENT}expected: {}",
+                    describe_expectation(&result.expected)
+                )?;
                 if let Some(decision) = &result.actual {
                     self.decision(decision)?;
+                }
+                for failure in &result.failures {
+                    writeln!(self.out, "{INDENT}- {failure}")?;
                 }
                 Ok(())
             }
@@ -96,7 +102,7 @@ impl<O: Write, E: Write> HumanReporter<O, E> {
             (Outcome::Deny, Some(status)) => format!("deny {status}"),
             (outcome, _) => outcome.to_string(),
         };
-        writeln!(self.out, "{INDENT}actual: {outcome}")?;
+        writeln!(self.out, "{INDENT}actual:   {outcome}")?;
         if decision.policies.is_empty() {
             writeln!(self.out, "{INDENT}deciding policies: none")?;
         } else {
@@ -221,6 +227,35 @@ impl<O: Write, E: Write> HumanReporter<O, E> {
         }
         Ok(())
     }
+}
+
+/// Formats an expectation as `deny 401, policies `a`, `b``.
+fn describe_expectation(expected: &Expectation) -> String {
+    let mut text = expected.decision.to_string();
+    if let Some(status) = expected.status {
+        text.push_str(&format!(" {status}"));
+    }
+    if let Some(policies) = &expected.policies {
+        let label = match expected.policy_match {
+            PolicyMatch::Exact => "policies",
+            PolicyMatch::Subset => "policies including",
+        };
+        let list: Vec<String> = policies.iter().map(|id| format!("`{id}`")).collect();
+        if list.is_empty() {
+            text.push_str(&format!(", {label} none"));
+        } else {
+            text.push_str(&format!(", {label} {}", list.join(", ")));
+        }
+    }
+    match &expected.errors {
+        ErrorExpectation::Matching(patterns) if !patterns.is_empty() => {
+            let list: Vec<String> = patterns.iter().map(|p| format!("`{p}`")).collect();
+            text.push_str(&format!(", errors matching {}", list.join(", ")));
+        }
+        ErrorExpectation::Matching(_) => {}
+        ErrorExpectation::Count(count) => text.push_str(&format!(", {count} evaluation errors")),
+    }
+    text
 }
 
 fn plural(count: usize, one: &str, many: &str) -> String {
