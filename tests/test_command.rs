@@ -336,10 +336,14 @@ fn bad_input_is_reported_with_locations() {
 fn evaluation_errors_are_checked() {
     let run = modelgate(&["test", &fixture("evaluation-errors")]);
     assert_eq!(run.code, 2);
-    assert_eq!(run.summary(), "1 passed, 2 failed");
+    assert_eq!(run.summary(), "2 passed, 3 failed");
     assert!(run
         .stdout
         .contains("ERROR  tests/fixtures/runner/evaluation-errors/errors.test.json:8"));
+    assert!(run.stdout.contains(
+        "`context.request.input_tokens` must be a non-negative integer, found `\"9000\"`"
+    ));
+    assert!(run.stdout.contains("- expected 0 evaluation errors, got 2"));
     assert!(run
         .stdout
         .contains("unexpected evaluation error in `service-key-models`"));

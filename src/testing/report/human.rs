@@ -235,7 +235,9 @@ fn describe_expectation(expected: &Expectation) -> String {
     if let Some(status) = expected.status {
         text.push_str(&format!(" {status}"));
     }
-    if let Some(policies) = &expected.policies {
+    let empty_subset = expected.policy_match == PolicyMatch::Subset
+        && expected.policies.as_ref().is_some_and(Vec::is_empty);
+    if let (Some(policies), false) = (&expected.policies, empty_subset) {
         let label = match expected.policy_match {
             PolicyMatch::Exact => "policies",
             PolicyMatch::Subset => "policies including",
