@@ -390,3 +390,21 @@ fn fixture_directories_exist() {
         );
     }
 }
+
+#[test]
+fn fixture_entities_override_engine_data() {
+    let run = modelgate(&["test", &fixture("entity-override")]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(run.summary(), "3 passed, 0 failed");
+}
+
+#[test]
+fn unwritable_junit_path_is_an_error() {
+    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("no temp dir: {error}"));
+    let path = dir.path().join("missing-dir").join("report.xml");
+    let path_text = path.display().to_string();
+    let run = modelgate(&["test", "--junit", &path_text, &fixture("all-pass")]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("cannot write test results"));
+    assert_eq!(run.summary(), "3 passed, 0 failed");
+}
