@@ -206,8 +206,23 @@ impl Engine {
         snapshot: &Snapshot,
         request: &CheckRequest,
     ) -> Result<Decision, RequestError> {
-        let prepared = self.prepare(snapshot, request)?;
-        let entities = prepared.entities.as_ref().unwrap_or(&snapshot.entities);
+        self.check_with_entities(snapshot, request, &snapshot.entities)
+    }
+
+    /// Decides one request on a given snapshot's policies and schema, reading entity data
+    /// from `base` in place of the snapshot's own. The request's inline entities are merged
+    /// into `base` as in [`Engine::check`].
+    ///
+    /// The policy test runner uses this to evaluate cases against fixture entities; `base`
+    /// must conform to the snapshot's schema (build it with that schema).
+    pub fn check_with_entities(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+        base: &Entities,
+    ) -> Result<Decision, RequestError> {
+        let prepared = self.prepare(snapshot, request, base)?;
+        let entities = prepared.entities.as_ref().unwrap_or(base);
         let response = if self.options.policy_slicing {
             let slice = snapshot.index.slice(
                 &request.principal,
@@ -228,6 +243,7 @@ impl Engine {
         &self,
         snapshot: &Snapshot,
         request: &CheckRequest,
+        base: &Entities,
     ) -> Result<Prepared, RequestError> {
         let max = self.options.max_tokens;
         for (field, value) in [
@@ -282,7 +298,7 @@ impl Engine {
         let entities = if request.entities.is_empty() {
             None
         } else {
-            Some(merge_inline_entities(snapshot, &request.entities)?)
+            Some(merge_inline_entities(snapshot, base, &request.entities)?)
         };
         Ok(Prepared {
             request: cedar_request,
@@ -571,9 +587,13 @@ fn build_context(
     .map_err(|error| RequestError::SchemaMismatch(error.to_string()))
 }
 
-/// Returns the engine's entities with the request's inline entities added or replacing
-/// entities of the same id.
-fn merge_inline_entities(snapshot: &Snapshot, inline: &[Value]) -> Result<Entities, RequestError> {
+/// Returns `base` with the request's inline entities added or replacing entities of the
+/// same id.
+pub(crate) fn merge_inline_entities(
+    snapshot: &Snapshot,
+    base: &Entities,
+    inline: &[Value],
+) -> Result<Entities, RequestError> {
     let parsed = Entities::from_json_value(Value::Array(inline.to_vec()), Some(&snapshot.schema))
         .map_err(|error| RequestError::InvalidEntities(error.to_string()))?;
     let inline_ids: HashSet<EntityUid> = parsed
@@ -586,11 +606,9 @@ fn merge_inline_entities(snapshot: &Snapshot, inline: &[Value]) -> Result<Entiti
         .filter(|entity| inline_ids.contains(&entity.uid()))
         .cloned()
         .collect();
-    // NOTE: this copies the engine's entity store once per request that carries inline
-    // entities; requests without inline entities use the store as it is.
-    snapshot
-        .entities
-        .clone()
+    // NOTE: this copies `base` once per request that carries inline entities; requests
+    // without inline entities use `base` as it is.
+    base.clone()
         .upsert_entities(additions, Some(&snapshot.schema))
         .map_err(|error| RequestError::InvalidEntities(error.to_string()))
 }

@@ -29,6 +29,7 @@ pub mod render;
 pub mod request;
 mod slice;
 pub mod snapshot;
+pub mod testing;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
