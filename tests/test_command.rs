@@ -252,6 +252,18 @@ fn filter_matching_nothing_fails() {
     assert_eq!(run.summary(), "0 passed, 0 failed");
     assert!(run.stderr.contains("no tests were run"));
     assert!(run.stdout.contains("(3 filtered out)"));
+
+    let json = modelgate(&[
+        "test",
+        "--format",
+        "json",
+        "--filter",
+        "no-such-test",
+        &fixture("all-pass"),
+    ]);
+    assert_eq!(json.code, 2);
+    assert!(json.stderr.contains("error: no tests were run"));
+    assert!(json.stdout.contains(r#""no_tests_run":true"#));
 }
 
 #[test]

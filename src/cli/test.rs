@@ -116,6 +116,11 @@ pub fn run(args: &TestArgs) -> u8 {
         }
         return exit::ERROR;
     }
+    // The human reporter explains an empty run itself; JSON Lines carry it in `run_finished`,
+    // so standard error still gets the message a person reading CI logs looks for.
+    if args.format == TestFormat::Json && summary.no_tests_run && !summary.allow_empty {
+        eprintln!("error: no tests were run");
+    }
     match summary.verdict() {
         Verdict::Passed => exit::OK,
         Verdict::Failed => exit::NEGATIVE,
