@@ -139,13 +139,33 @@ impl Engine {
     /// On failure the engine keeps serving the previous snapshot and remembers the error
     /// for [`Engine::status`]. Returns the new generation.
     pub fn reload(&self) -> Result<u64, LoadError> {
+        self.reload_checked(|_, _| Ok(true))
+    }
+
+    /// Rebuilds the snapshot from disk like [`Engine::reload`], then lets `check` compare
+    /// the new snapshot (second argument) with the one in use (first argument) before it is
+    /// published.
+    ///
+    /// `check` returns `Ok(true)` to publish, `Ok(false)` to keep the snapshot in use
+    /// (for example because nothing changed; this clears the last reload error), or an
+    /// error to reject the new snapshot like a load error. Returns the generation in use
+    /// afterwards. Reloads are serialized, so `check` sees the snapshot that the new one
+    /// replaces. An error is logged once: a failure with the same diagnostics as the
+    /// previous one is logged at debug level only.
+    pub fn reload_checked(
+        &self,
+        check: impl FnOnce(&Snapshot, &Snapshot) -> Result<bool, LoadError>,
+    ) -> Result<u64, LoadError> {
         let mut state = self
             .reload_state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match Snapshot::load(&self.load_options) {
-            Ok(mut snapshot) => {
-                let generation = self.current.load().generation + 1;
+        let current = self.current.load_full();
+        let loaded = Snapshot::load(&self.load_options)
+            .and_then(|snapshot| check(&current, &snapshot).map(|publish| (snapshot, publish)));
+        match loaded {
+            Ok((mut snapshot, true)) => {
+                let generation = current.generation + 1;
                 snapshot.generation = generation;
                 tracing::info!(
                     generation,
@@ -158,8 +178,26 @@ impl Engine {
                 *state = None;
                 Ok(generation)
             }
+            Ok((_, false)) => {
+                tracing::debug!(
+                    generation = current.generation,
+                    "reload kept the policy set in use"
+                );
+                *state = None;
+                Ok(current.generation)
+            }
             Err(error) => {
-                tracing::error!(error = %error, "reload rejected; keeping the previous policy set");
+                if state.as_ref() == Some(&error) {
+                    tracing::debug!(error = %error, "reload rejected again with the same error");
+                } else {
+                    let details: Vec<String> = error.errors().map(ToString::to_string).collect();
+                    tracing::error!(
+                        generation = current.generation,
+                        error = %error,
+                        details = %details.join("; "),
+                        "reload rejected; keeping the previous policy set"
+                    );
+                }
                 *state = Some(error.clone());
                 Err(error)
             }
