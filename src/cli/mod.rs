@@ -3,6 +3,7 @@
 
 mod check;
 mod validate;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Parse and strictly validate policies, schema and entity data
     Validate(validate::ValidateArgs),
+    /// Load a policy set and reload it whenever its files change, printing each reload
+    Watch(watch::WatchArgs),
 }
 
 /// Where the policy set is; shared by every subcommand that loads one.
@@ -83,6 +86,7 @@ pub fn run() -> ExitCode {
     let code = match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Validate(args) => validate::run(&args),
+        Command::Watch(args) => watch::run(&args),
     };
     ExitCode::from(code)
 }
