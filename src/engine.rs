@@ -146,9 +146,9 @@ impl Engine {
     /// the new snapshot (second argument) with the one in use (first argument) before it is
     /// published.
     ///
-    /// `check` returns `Ok(true)` to publish, `Ok(false)` to keep the snapshot in use
-    /// (for example because nothing changed; this clears the last reload error), or an
-    /// error to reject the new snapshot like a load error. Returns the generation in use
+    /// `check` returns `Ok(true)` to publish, or an error to reject the new snapshot like a
+    /// load error. `Ok(false)` keeps the snapshot in use, for example because nothing
+    /// changed, and clears the last reload error. Returns the generation in use
     /// afterwards. Reloads are serialized, so `check` sees the snapshot that the new one
     /// replaces. An error is logged once: a failure with the same diagnostics as the
     /// previous one is logged at debug level only.

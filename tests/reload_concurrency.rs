@@ -49,7 +49,7 @@ fn write_bundle(fixture: &Fixture, bundle_b: bool) {
     write_atomic(&fixture.entities.join("entities.json"), &entities(team));
 }
 
-/// Whether the policy file and the entity file of a snapshot name the same team.
+/// Returns whether the policy file and the entity file of a snapshot name the same team.
 fn is_one_bundle(snapshot: &Snapshot) -> bool {
     let teams: Vec<bool> = snapshot
         .sources()

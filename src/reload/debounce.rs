@@ -11,8 +11,8 @@ pub struct ChangeBatch {
     pub paths: BTreeSet<PathBuf>,
     /// Number of relevant file events in the burst.
     pub events: usize,
-    /// The watcher lost events (for example an inotify queue overflow) or reported an
-    /// error, so any watched file may have changed.
+    /// Set when the watcher lost events (for example an inotify queue overflow) or
+    /// reported an error, so any watched file may have changed.
     pub rescan: bool,
 }
 
@@ -48,7 +48,7 @@ impl Debouncer {
         self.last_change = Some(now);
     }
 
-    /// When the pending batch becomes due, or `None` when nothing is pending.
+    /// Returns when the pending batch becomes due, or `None` when nothing is pending.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.pending.as_ref()?;
         self.last_change.map(|last| last + self.quiet)

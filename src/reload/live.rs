@@ -17,7 +17,7 @@ use crate::snapshot::{LoadError, Snapshot};
 use super::debounce::ChangeBatch;
 use super::watcher::{FileWatcher, WatchConfig, WatchError, WatchRoot};
 
-/// Which kinds of source files differ between two snapshots.
+/// Kinds of source files that differ between two snapshots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChangedSources {
     /// A `.cedarschema` file was added, removed or changed.
@@ -87,7 +87,7 @@ pub struct ReloadSummary {
     pub entity_count: usize,
     /// Time spent reading, parsing, validating and swapping.
     pub duration: Duration,
-    /// What changed compared with the previous snapshot.
+    /// Kinds of source files changed since the previous snapshot.
     pub changed: ChangedSources,
 }
 
@@ -210,7 +210,7 @@ impl LiveEngine {
         })
     }
 
-    /// The engine, to share with request handlers.
+    /// Returns the engine, to share with request handlers.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
@@ -220,7 +220,7 @@ impl LiveEngine {
         self.engine.check(request)
     }
 
-    /// The engine's status and the reload counters.
+    /// Returns the engine's status and the reload counters.
     pub fn status(&self) -> LiveStatus {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         LiveStatus {
@@ -233,7 +233,8 @@ impl LiveEngine {
     }
 }
 
-/// The files and directories an engine loads from, with the extensions the loader reads.
+/// Lists the files and directories an engine loads from, with the extensions the loader
+/// reads.
 pub fn watch_roots(options: &LoadOptions) -> Vec<WatchRoot> {
     let mut roots = vec![WatchRoot::new(&options.policy_dir, &["cedar"])];
     roots.extend(
@@ -325,7 +326,7 @@ impl Reloader {
     }
 }
 
-/// Whether every file `snapshot` was read from still has the content that was read.
+/// Returns whether every file `snapshot` was read from still has the content that was read.
 fn sources_match_disk(snapshot: &Snapshot) -> bool {
     snapshot
         .sources()

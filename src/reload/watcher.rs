@@ -17,10 +17,10 @@ use super::debounce::{ChangeBatch, Debouncer};
 /// The quiet period after the last file event before a batch is delivered.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// How often [`WatchMode::Poll`] scans the watched files by default.
+/// Default time between two scans in [`WatchMode::Poll`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How file changes are noticed.
+/// Source of file change notices: operating system events or polling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WatchMode {
     /// The operating system's file events (inotify on Linux). The default.
@@ -116,9 +116,9 @@ impl miette::Diagnostic for WatchError {
 /// progress, if any, returns.
 ///
 /// Directories are watched rather than single files, and the parent directory of every
-/// root is watched too, so that files replaced by rename, roots removed and recreated, and
-/// Kubernetes ConfigMap updates (an atomic swap of the hidden `..data` symlink) are all
-/// seen. Watches are re-resolved after every event.
+/// root is watched too. This way files replaced by rename, roots removed and recreated,
+/// and Kubernetes ConfigMap updates (an atomic swap of the hidden `..data` symlink) are
+/// all seen. Watches are re-resolved after every event.
 ///
 /// On Linux in [`WatchMode::Native`], a file counts as changed when it is closed after
 /// writing, created, removed, renamed or has its metadata changed, but not on every
@@ -204,7 +204,7 @@ impl FileWatcher {
         })
     }
 
-    /// The settings the watcher runs with.
+    /// Returns the settings the watcher runs with.
     pub fn config(&self) -> WatchConfig {
         self.config
     }
@@ -212,7 +212,7 @@ impl FileWatcher {
 
 impl Drop for FileWatcher {
     fn drop(&mut self) {
-        // The thread may already have ended; then there is nobody to tell.
+        // The send fails harmlessly when the thread has already ended.
         let _ = self.control.send(Message::Stop);
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
@@ -227,7 +227,7 @@ enum Message {
     Stop,
 }
 
-/// How a path is watched, and which file it was when the watch was added.
+/// Watch mode of a path, and the file the path named when the watch was added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ActiveWatch {
     recursive: bool,
@@ -313,7 +313,7 @@ impl Worker {
         }
     }
 
-    /// Whether an event of this kind can mean that a file's content changed.
+    /// Returns whether an event of this kind can mean that a file's content changed.
     fn counts(&self, kind: &EventKind) -> bool {
         match kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
@@ -368,8 +368,9 @@ impl Worker {
     }
 }
 
-/// The watches the roots need now: each existing directory root recursively (unless it is
-/// inside another one), and each root's existing parent directory non-recursively.
+/// Computes the watches the roots need now. Each existing directory root is watched
+/// recursively unless it is inside another one, and each root's existing parent directory
+/// non-recursively.
 fn desired_watches(roots: &[WatchRoot]) -> BTreeMap<PathBuf, ActiveWatch> {
     let mut directories: BTreeMap<PathBuf, Identity> = BTreeMap::new();
     for root in roots {
@@ -420,12 +421,12 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Whether a change to `path` concerns `root`.
+/// Returns whether a change to `path` concerns `root`.
 ///
 /// Hidden entries (a name starting with a dot, such as editor swap files) are ignored,
-/// except names starting with two dots: Kubernetes keeps a mounted ConfigMap's files in a
-/// hidden `..<timestamp>` directory behind the `..data` symlink, and updates it by swapping
-/// that symlink, so only hidden paths change.
+/// except names starting with two dots. Kubernetes keeps a mounted ConfigMap's files in a
+/// hidden `..<timestamp>` directory behind the `..data` symlink. It updates them by
+/// swapping that symlink, so only hidden paths change.
 fn is_relevant(root: &WatchRoot, path: &Path, kind: &EventKind) -> bool {
     if path == root.path {
         return true;
@@ -475,7 +476,7 @@ fn is_relevant_inside(root: &WatchRoot, inside: &Path, path: &Path, kind: &Event
     }
 }
 
-/// Which file a path names, so that a replaced directory or a swapped symlink is noticed.
+/// Identity of the file a path names, to notice a replaced directory or a swapped symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
     device: u64,

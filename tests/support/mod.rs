@@ -153,7 +153,7 @@ pub fn decide(engine: &Engine, key: &str) -> Outcome {
     engine.check(&request).unwrap().decision
 }
 
-/// Waits until `condition` holds, checking every 5 ms; returns whether it held in time.
+/// Waits until `condition` holds, checking every 5 ms, and returns whether it held in time.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
