@@ -87,6 +87,8 @@ pub struct Engine {
     load_options: LoadOptions,
     options: EngineOptions,
     authorizer: Authorizer,
+    /// Serializes reloads.
+    reload_lock: Mutex<()>,
     reload_state: Mutex<Option<LoadError>>,
 }
 
@@ -115,6 +117,7 @@ impl Engine {
             load_options,
             options,
             authorizer: Authorizer::new(),
+            reload_lock: Mutex::new(()),
             reload_state: Mutex::new(None),
         })
     }
@@ -156,13 +159,19 @@ impl Engine {
         &self,
         check: impl FnOnce(&Snapshot, &Snapshot) -> Result<bool, LoadError>,
     ) -> Result<u64, LoadError> {
-        let mut state = self
-            .reload_state
+        // Loading can take a while, so it runs under its own lock: `status` only waits for
+        // the short update at the end.
+        let _serialized = self
+            .reload_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.current.load_full();
         let loaded = Snapshot::load(&self.load_options)
             .and_then(|snapshot| check(&current, &snapshot).map(|publish| (snapshot, publish)));
+        let mut state = self
+            .reload_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match loaded {
             Ok((mut snapshot, true)) => {
                 let generation = current.generation + 1;
