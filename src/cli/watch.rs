@@ -98,6 +98,7 @@ fn print_event(out: &mut impl Write, event: &ReloadEvent, rejected_before: bool)
                 )?;
             }
         }
+        ReloadEvent::Superseded { .. } => {}
         ReloadEvent::Rejected {
             generation,
             error,

@@ -104,6 +104,14 @@ pub enum ReloadEvent {
         /// Time spent reading and comparing.
         duration: Duration,
     },
+    /// The files changed while they were being read, so nothing was swapped. The change
+    /// produced its own file event, which starts another attempt once the files settle.
+    Superseded {
+        /// Generation of the snapshot in use.
+        generation: u64,
+        /// Time spent reading before the change was noticed.
+        duration: Duration,
+    },
     /// The files do not form a valid policy set; the previous snapshot stays in use.
     Rejected {
         /// Generation of the snapshot that stays in use.
@@ -277,17 +285,17 @@ impl Reloader {
                 moved_on = true;
                 return Ok(false);
             }
-            changed = Some(ChangedSources::between(current, next));
+            changed = Some((
+                ChangedSources::between(current, next),
+                next.policy_count(),
+                next.entity_count(),
+            ));
             Ok(true)
         });
         let duration = started.elapsed();
-        if moved_on {
-            tracing::debug!("files changed while loading; waiting for them to settle");
-        }
 
         let event = match (result, changed) {
-            (Ok(generation), Some(changed)) => {
-                let status = self.engine.status();
+            (Ok(generation), Some((changed, policy_count, entity_count))) => {
                 tracing::info!(
                     generation,
                     changed = %changed.describe(),
@@ -297,11 +305,18 @@ impl Reloader {
                 );
                 ReloadEvent::Reloaded(ReloadSummary {
                     generation,
-                    policy_count: status.policy_count,
-                    entity_count: status.entity_count,
+                    policy_count,
+                    entity_count,
                     duration,
                     changed,
                 })
+            }
+            (Ok(generation), None) if moved_on => {
+                tracing::debug!("files changed while loading; waiting for them to settle");
+                ReloadEvent::Superseded {
+                    generation,
+                    duration,
+                }
             }
             (Ok(generation), None) => ReloadEvent::Unchanged {
                 generation,
