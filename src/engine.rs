@@ -92,6 +92,8 @@ pub struct Engine {
     load_options: LoadOptions,
     options: EngineOptions,
     authorizer: Authorizer,
+    /// Serializes reloads.
+    reload_lock: Mutex<()>,
     reload_state: Mutex<Option<LoadError>>,
 }
 
@@ -120,6 +122,7 @@ impl Engine {
             load_options,
             options,
             authorizer: Authorizer::new(),
+            reload_lock: Mutex::new(()),
             reload_state: Mutex::new(None),
         })
     }
@@ -145,13 +148,39 @@ impl Engine {
     /// On failure the engine keeps serving the previous snapshot and remembers the error
     /// for [`Engine::status`]. Returns the new generation.
     pub fn reload(&self) -> Result<u64, LoadError> {
+        self.reload_checked(|_, _| Ok(true))
+    }
+
+    /// Rebuilds the snapshot from disk like [`Engine::reload`], then lets `check` compare
+    /// the new snapshot (second argument) with the one in use (first argument) before it is
+    /// published.
+    ///
+    /// `check` returns `Ok(true)` to publish, or an error to reject the new snapshot like a
+    /// load error. `Ok(false)` keeps the snapshot in use, for example because nothing
+    /// changed, and clears the last reload error. Returns the generation in use
+    /// afterwards. Reloads are serialized, so `check` sees the snapshot that the new one
+    /// replaces. An error is logged once: a failure with the same diagnostics as the
+    /// previous one is logged at debug level only.
+    pub fn reload_checked(
+        &self,
+        check: impl FnOnce(&Snapshot, &Snapshot) -> Result<bool, LoadError>,
+    ) -> Result<u64, LoadError> {
+        // Loading can take a while, so it runs under its own lock: `status` only waits for
+        // the short update at the end.
+        let _serialized = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load_full();
+        let loaded = Snapshot::load(&self.load_options)
+            .and_then(|snapshot| check(&current, &snapshot).map(|publish| (snapshot, publish)));
         let mut state = self
             .reload_state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match Snapshot::load(&self.load_options) {
-            Ok(mut snapshot) => {
-                let generation = self.current.load().generation + 1;
+        match loaded {
+            Ok((mut snapshot, true)) => {
+                let generation = current.generation + 1;
                 snapshot.generation = generation;
                 tracing::info!(
                     generation,
@@ -164,8 +193,26 @@ impl Engine {
                 *state = None;
                 Ok(generation)
             }
+            Ok((_, false)) => {
+                tracing::debug!(
+                    generation = current.generation,
+                    "reload kept the policy set in use"
+                );
+                *state = None;
+                Ok(current.generation)
+            }
             Err(error) => {
-                tracing::error!(error = %error, "reload rejected; keeping the previous policy set");
+                if state.as_ref() == Some(&error) {
+                    tracing::debug!(error = %error, "reload rejected again with the same error");
+                } else {
+                    let details: Vec<String> = error.errors().map(ToString::to_string).collect();
+                    tracing::error!(
+                        generation = current.generation,
+                        error = %error,
+                        details = %details.join("; "),
+                        "reload rejected; keeping the previous policy set"
+                    );
+                }
                 *state = Some(error.clone());
                 Err(error)
             }

@@ -25,6 +25,7 @@ pub mod decision;
 pub mod diagnostic;
 pub mod engine;
 pub mod load;
+pub mod reload;
 pub mod render;
 pub mod request;
 mod slice;
@@ -37,6 +38,7 @@ pub use decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason
 pub use diagnostic::{Diagnostic, Location, Severity, SourceFile};
 pub use engine::{Engine, EngineOptions, EngineStatus, ErrorPolicy};
 pub use load::LoadOptions;
+pub use reload::{FileWatcher, LiveEngine, LiveStatus, ReloadEvent, WatchConfig, WatchMode};
 pub use request::{CheckRequest, RequestError, RequestFacts};
 pub use snapshot::{LoadError, Snapshot};
 pub use validate::{validate, ValidationReport};

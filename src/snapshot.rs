@@ -16,12 +16,18 @@ use crate::slice::PolicyIndex;
 use crate::validate::{sort_diagnostics, validate_parsed};
 
 /// Loading a policy set failed; every problem found is kept.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct LoadError {
     diagnostics: Vec<Diagnostic>,
 }
 
 impl LoadError {
+    /// Creates an error from diagnostics found outside [`Snapshot::load`], such as a reload
+    /// check that rejects a snapshot that loaded.
+    pub(crate) fn from_diagnostics(diagnostics: Vec<Diagnostic>) -> Self {
+        Self { diagnostics }
+    }
+
     /// Returns every error and warning found, in file order.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         &self.diagnostics

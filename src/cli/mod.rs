@@ -4,6 +4,7 @@
 mod check;
 mod test;
 mod validate;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Run policy test files (`*.test.json`) against the policy set
     Test(test::TestArgs),
+    /// Load a policy set and reload it whenever its files change, printing each reload
+    Watch(watch::WatchArgs),
 }
 
 /// Where the policy set is; shared by every subcommand that loads one.
@@ -87,6 +90,7 @@ pub fn run() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Watch(args) => watch::run(&args),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,90 @@
+//! `modelgate watch` as operators run it: one line per reload or rejected reload.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail on any unexpected state"
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use support::{write_atomic, Fixture, TIMEOUT, V1, V2};
+
+/// Kills the child process when the test ends, also on failure.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_prints_reloads_and_rejections() {
+    let fixture = Fixture::new(V1);
+    let child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .arg("watch")
+        .arg("--policies")
+        .arg(&fixture.policies)
+        .arg("--schema")
+        .arg(&fixture.schema)
+        .arg("--entities")
+        .arg(&fixture.entities)
+        .args(["--debounce-ms", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let stdout = running.0.stdout.take().unwrap();
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || lines.recv_timeout(TIMEOUT).expect("no output line in time");
+
+    let loaded = next_line();
+    assert!(
+        loaded.starts_with("loaded generation 1: 2 policies, 6 entities in "),
+        "{loaded}"
+    );
+
+    write_atomic(&fixture.policy_file(), V2);
+    let reloaded = next_line();
+    assert!(
+        reloaded.starts_with("reloaded generation 2: 3 policies, 6 entities in "),
+        "{reloaded}"
+    );
+    assert!(reloaded.ends_with("(changed: policies)"), "{reloaded}");
+
+    write_atomic(
+        &fixture.policy_file(),
+        "permit(principal, action resource);\n",
+    );
+    let rejected = next_line();
+    assert!(rejected.starts_with("rejected reload in "), "{rejected}");
+    assert!(rejected.contains("keeping generation 2: "), "{rejected}");
+    let location = format!("{}:1:", fixture.policy_file().display());
+    assert!(
+        rejected.contains(&location),
+        "{rejected} does not name {location}"
+    );
+
+    write_atomic(&fixture.policy_file(), V2);
+    let cleared = next_line();
+    assert_eq!(
+        cleared,
+        "files match generation 2 again; the reload error is cleared"
+    );
+}
