@@ -420,3 +420,76 @@ fn unwritable_junit_path_is_an_error() {
     assert!(run.stderr.contains("cannot write test results"));
     assert_eq!(run.summary(), "3 passed, 0 failed");
 }
+
+/// Reads the child's standard output line by line on a thread, so that the test can wait
+/// for a line with a timeout.
+fn line_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, wanted: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if line == wanted => return seen,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "no line `{wanted}` within 30 s; output so far:\n{}",
+        seen.join("\n")
+    );
+}
+
+#[test]
+fn watch_reruns_after_test_file_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tests_dir = dir.path().join("tests");
+    std::fs::create_dir(&tests_dir).expect("create tests dir");
+    let case = |expect: &str| {
+        format!(
+            r#"{{"name": "watch", "fixtures": {{"now": "2026-12-04T12:00:00Z"}}, "cases": [
+                {{"name": "analyst chats", "principal": "ApiKey::key-ana-ml", "model": "mistral-small-latest", "expect": "{expect}"}}
+            ]}}"#
+        )
+    };
+    let file = tests_dir.join("watch.test.json");
+    std::fs::write(&file, case("allow")).expect("write test file");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .current_dir(root)
+        .args(["test", "--watch", "--debounce-ms", "100"])
+        .arg(&tests_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("modelgate starts");
+    let lines = line_reader(child.stdout.take().expect("piped stdout"));
+
+    wait_for_line(&lines, "1 passed, 0 failed");
+    // Save the way editors do: write a temporary file, then rename it over the original.
+    let temporary = tests_dir.join(".watch.test.json.tmp");
+    std::fs::write(&temporary, case("deny")).expect("write temporary file");
+    std::fs::rename(&temporary, &file).expect("rename over the test file");
+    let between = wait_for_line(&lines, "0 passed, 1 failed");
+
+    child.kill().expect("stop the watcher");
+    let _ = child.wait();
+    assert!(
+        between.iter().any(|line| line.starts_with("changed: ")),
+        "no change line before the second run: {between:?}"
+    );
+}

@@ -2,8 +2,11 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use modelgate::reload::{watch_roots, ChangeBatch, FileWatcher, WatchConfig, WatchRoot};
 use modelgate::testing::{
     self, HumanReporter, JsonReporter, JunitReporter, Reporter, RunOptions, Verdict,
 };
@@ -39,6 +42,12 @@ pub struct TestArgs {
     /// Fail when less than PCT percent (0 to 100) of the policies decided at least one case
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub min_coverage: Option<f64>,
+    /// Run again whenever a policy, schema, entity or test file changes (stop with Ctrl-C)
+    #[arg(long)]
+    pub watch: bool,
+    /// With `--watch`: quiet period after the last file change before a run, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 200, requires = "watch")]
+    pub debounce_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +71,58 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: &TestArgs) -> u8 {
+    if args.watch {
+        return watch(args);
+    }
+    run_once(args)
+}
+
+/// Runs the tests, then again after every burst of changes to the files they depend on.
+/// Returns only when the watcher cannot start.
+fn watch(args: &TestArgs) -> u8 {
+    let test_paths = test_paths(args);
+    // The same files a live engine watches, plus the test files.
+    let mut roots = watch_roots(&args.sources.load_options());
+    roots.extend(
+        test_paths
+            .iter()
+            .map(|path| WatchRoot::new(path, &["json"])),
+    );
+    let (sender, receiver) = mpsc::channel::<ChangeBatch>();
+    let config = WatchConfig::default().with_debounce(Duration::from_millis(args.debounce_ms));
+    let _watcher = match FileWatcher::start(roots, config, move |batch| {
+        let _ = sender.send(batch);
+    }) {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return exit::ERROR;
+        }
+    };
+
+    run_once(args);
+    while let Ok(batch) = receiver.recv() {
+        let names: Vec<String> = batch
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        println!();
+        println!("changed: {}; running again", names.join(", "));
+        run_once(args);
+    }
+    exit::ERROR
+}
+
+fn test_paths(args: &TestArgs) -> Vec<PathBuf> {
+    if args.paths.is_empty() {
+        vec![args.sources.policies.join("tests")]
+    } else {
+        args.paths.clone()
+    }
+}
+
+fn run_once(args: &TestArgs) -> u8 {
     let engine = match Engine::load(args.sources.load_options()) {
         Ok(engine) => engine,
         Err(error) => {
@@ -77,11 +138,7 @@ pub fn run(args: &TestArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    let paths = if args.paths.is_empty() {
-        vec![args.sources.policies.join("tests")]
-    } else {
-        args.paths.clone()
-    };
+    let paths = test_paths(args);
     let options = RunOptions {
         filter: args.filter.clone(),
         fail_fast: args.fail_fast,
