@@ -58,10 +58,27 @@ impl Clock for ManualClock {
 
 /// Formats milliseconds since the epoch as a Cedar `datetime` string (RFC 3339, UTC).
 pub fn format_millis(millis: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(millis) {
-        Some(time) => time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        None => "1970-01-01T00:00:00.000Z".to_string(),
-    }
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write as _;
+
+    let Some(time) = chrono::DateTime::from_timestamp_millis(millis) else {
+        return "1970-01-01T00:00:00.000Z".to_string();
+    };
+    // Written field by field: chrono's strftime-style formatting parses its format string on
+    // every call, which showed up in the profile of a check.
+    let mut text = String::with_capacity(24);
+    let _ = write!(
+        text,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second(),
+        time.timestamp_subsec_millis()
+    );
+    text
 }
 
 /// Parses an RFC 3339 time into milliseconds since the epoch.
@@ -69,4 +86,27 @@ pub fn parse_rfc3339_millis(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|time| time.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_round_trips_through_parse() {
+        for text in [
+            "2026-12-04T12:00:00.000Z",
+            "1999-01-31T23:59:59.999Z",
+            "2028-02-29T00:00:00.001Z",
+        ] {
+            let millis = parse_rfc3339_millis(text).expect("valid time");
+            assert_eq!(format_millis(millis), text);
+        }
+    }
+
+    #[test]
+    fn offsets_are_converted_to_utc() {
+        let millis = parse_rfc3339_millis("2026-12-04T13:30:00+01:30").expect("valid time");
+        assert_eq!(format_millis(millis), "2026-12-04T12:00:00.000Z");
+    }
 }
