@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
@@ -14,6 +14,10 @@ use serde_json::{json, Map, Value};
 use crate::clock::{format_millis, parse_rfc3339_millis, Clock, SystemClock};
 use crate::decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason, Status};
 use crate::load::LoadOptions;
+use crate::quota::{
+    model_prices, ActualUsage, Admission, Counters, Ledger, LedgerEntry, MemoryLedger, Meter,
+    Prices, QuotaError, ReservationId, ScopeKind, Scopes, UsageView, COUNTER_MAX,
+};
 use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
 use crate::snapshot::{LoadError, Snapshot};
 
@@ -38,9 +42,20 @@ pub struct EngineOptions {
     /// The largest token count accepted in one request field; larger requests are rejected
     /// before evaluation so that policy arithmetic cannot overflow.
     pub max_tokens: u64,
-    /// The source of `context.now` for requests that do not set it.
+    /// The source of `context.now` for requests that do not set it, and of the time that
+    /// reservations expire by.
     pub clock: Arc<dyn Clock>,
+    /// The store of committed usage. The default keeps it in memory, so every counter
+    /// starts at zero.
+    pub ledger: Arc<dyn Ledger>,
+    /// How long a reservation from [`Engine::check_and_reserve`] is held when it is neither
+    /// committed nor released.
+    pub reservation_ttl: Duration,
 }
+
+/// The default [`EngineOptions::reservation_ttl`]: 10 minutes, longer than a long streamed
+/// completion.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(600);
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -48,6 +63,8 @@ impl Default for EngineOptions {
             error_policy: ErrorPolicy::FailClosed,
             max_tokens: DEFAULT_MAX_TOKENS,
             clock: Arc::new(SystemClock),
+            ledger: Arc::new(MemoryLedger::default()),
+            reservation_ttl: DEFAULT_RESERVATION_TTL,
         }
     }
 }
@@ -88,6 +105,7 @@ pub struct Engine {
     options: EngineOptions,
     authorizer: Authorizer,
     reload_state: Mutex<Option<LoadError>>,
+    meter: Meter,
 }
 
 impl Engine {
@@ -110,12 +128,15 @@ impl Engine {
             fingerprint = %snapshot.fingerprint(),
             "policy set loaded"
         );
+        let ttl_millis = i64::try_from(options.reservation_ttl.as_millis()).unwrap_or(i64::MAX);
+        let meter = Meter::new(Arc::clone(&options.ledger), ttl_millis);
         Ok(Self {
             current: ArcSwap::from_pointee(snapshot),
             load_options,
             options,
             authorizer: Authorizer::new(),
             reload_state: Mutex::new(None),
+            meter,
         })
     }
 
@@ -195,18 +216,162 @@ impl Engine {
         self.check_on(&snapshot, request)
     }
 
-    /// Decides one request on a given snapshot.
+    /// Decides one request on a given snapshot, with the principal's usage from the ledger
+    /// and pending reservations. Reserves nothing.
     pub fn check_on(
         &self,
         snapshot: &Snapshot,
         request: &CheckRequest,
     ) -> Result<Decision, RequestError> {
         let prepared = self.prepare(snapshot, request)?;
-        let entities = prepared.entities.as_ref().unwrap_or(&snapshot.entities);
-        let response =
-            self.authorizer
-                .is_authorized(&prepared.request, &snapshot.policies, entities);
-        Ok(self.decide(snapshot, request, entities, &response))
+        let clock_millis = self.options.clock.now_millis();
+        match self
+            .meter
+            .view(&prepared.scopes, prepared.now_millis, clock_millis)
+        {
+            Ok(view) => self.evaluate(snapshot, request, &prepared, &view),
+            Err(error) => Ok(usage_unavailable(snapshot, &error)),
+        }
+    }
+
+    /// Decides one request against the given usage counters instead of the ledger's, for
+    /// `modelgate check --usage FILE` and for tests.
+    pub fn check_with_usage(
+        &self,
+        request: &CheckRequest,
+        usage: &UsageView,
+    ) -> Result<Decision, RequestError> {
+        let snapshot = self.current.load();
+        let prepared = self.prepare(&snapshot, request)?;
+        self.evaluate(&snapshot, request, &prepared, usage)
+    }
+
+    /// Decides one request and, when it is allowed, reserves its estimate (one request,
+    /// its input tokens, its `max_tokens` and their cost) against every window of every
+    /// scope of the principal.
+    ///
+    /// Reading the counters, evaluating the policies and adding the reservation happen
+    /// under one lock, so concurrent calls never decide on the same counters: no counter
+    /// passes a limit that the policies enforce on the estimates. Settle the reservation
+    /// with [`Engine::commit`] or [`Engine::release`]; otherwise it expires after
+    /// [`EngineOptions::reservation_ttl`].
+    pub fn check_and_reserve(&self, request: &CheckRequest) -> Result<Admission, RequestError> {
+        let snapshot = self.current.load();
+        let prepared = self.prepare(&snapshot, request)?;
+        let clock_millis = self.options.clock.now_millis();
+
+        let mut state = self.meter.lock();
+        state.expire_due(clock_millis);
+        let view = match state.view(
+            self.meter.ledger().as_ref(),
+            &prepared.scopes,
+            prepared.now_millis,
+        ) {
+            Ok(view) => view,
+            Err(error) => {
+                return Ok(Admission {
+                    decision: usage_unavailable(&snapshot, &error),
+                    reservation: None,
+                })
+            }
+        };
+        let decision = self.evaluate(&snapshot, request, &prepared, &view)?;
+        let reservation = decision.is_allowed().then(|| {
+            let deadline = clock_millis.saturating_add(self.meter.reservation_ttl_millis());
+            state.reserve(
+                &prepared.scopes,
+                prepared.scopes.get(ScopeKind::Key).map(str::to_string),
+                prepared.now_millis,
+                prepared.estimate,
+                prepared.prices,
+                deadline,
+            )
+        });
+        drop(state);
+        Ok(Admission {
+            decision,
+            reservation,
+        })
+    }
+
+    /// Replaces a reservation's estimate with the usage the provider reported, and writes
+    /// it to the ledger before returning. Returns the counters recorded (one request, the
+    /// tokens and their cost at the prices of the reservation's model).
+    ///
+    /// On an error nothing is recorded and the reservation stays pending.
+    pub fn commit(&self, id: ReservationId, actual: ActualUsage) -> Result<Counters, QuotaError> {
+        self.check_actual(actual)?;
+        let counters = self.meter.commit(id, actual)?;
+        self.prune_quietly();
+        Ok(counters)
+    }
+
+    /// Drops a reservation without recording usage, for a call that failed.
+    pub fn release(&self, id: ReservationId) -> Result<(), QuotaError> {
+        self.meter.release(id)
+    }
+
+    /// Records usage that has no reservation: `request` names the principal, the model
+    /// (whose prices give the cost) and the time (`now`, or the clock). Returns the
+    /// counters recorded.
+    pub fn record_usage(
+        &self,
+        request: &CheckRequest,
+        actual: ActualUsage,
+    ) -> Result<Counters, QuotaError> {
+        self.check_actual(actual)?;
+        let snapshot = self.current.load();
+        if !snapshot.contains_entity(&request.principal) {
+            return Err(QuotaError::UnknownPrincipal(request.principal.to_string()));
+        }
+        let prepared = self.prepare(&snapshot, request)?;
+        let usage = prepared
+            .prices
+            .counters(actual.input_tokens, actual.output_tokens);
+        let entry = LedgerEntry {
+            scopes: prepared.scopes.entities(),
+            key: prepared.scopes.get(ScopeKind::Key).map(str::to_string),
+            at_millis: prepared.now_millis,
+            usage,
+        };
+        self.meter.record(&entry)?;
+        self.prune_quietly();
+        Ok(usage)
+    }
+
+    /// Returns the scopes that `principal`'s usage counts against in the current snapshot.
+    pub fn scopes_of(&self, principal: &EntityUid) -> Scopes {
+        Scopes::resolve(&self.current.load().entities, principal)
+    }
+
+    /// Returns the ledger.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        self.meter.ledger()
+    }
+
+    /// Returns the number of reservations neither committed, released nor expired.
+    pub fn pending_reservations(&self) -> usize {
+        self.meter.pending_count()
+    }
+
+    fn check_actual(&self, actual: ActualUsage) -> Result<(), QuotaError> {
+        let max = self.options.max_tokens.min(COUNTER_MAX);
+        for (field, value) in [
+            ("input_tokens", actual.input_tokens),
+            ("output_tokens", actual.output_tokens),
+        ] {
+            if value > max {
+                return Err(QuotaError::TokensOutOfRange { field, value, max });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes old windows; a failure only delays the cleanup, so it is logged and dropped.
+    fn prune_quietly(&self) {
+        if let Err(error) = self.meter.prune(self.options.clock.now_millis()) {
+            tracing::warn!(error = %error, "pruning old usage windows failed");
+        }
     }
 
     fn prepare(
@@ -214,7 +379,9 @@ impl Engine {
         snapshot: &Snapshot,
         request: &CheckRequest,
     ) -> Result<Prepared, RequestError> {
-        let max = self.options.max_tokens;
+        // Token counts are bounded by the ceiling and by COUNTER_MAX, so that the context's
+        // sums of counters and estimates cannot overflow Cedar's 64-bit integers.
+        let max = self.options.max_tokens.min(COUNTER_MAX);
         for (field, value) in [
             ("input_tokens", request.facts.input_tokens),
             ("max_output_tokens", request.facts.max_output_tokens),
@@ -235,16 +402,59 @@ impl Engine {
             }
             None => self.options.clock.now_millis(),
         };
-        let now = format_millis(now_millis);
         let env = snapshot.action_envs.get(&request.action);
         let fast_path = request.context.is_empty() && env.is_some_and(|env| env.standard_context);
-        let cedar_request = if fast_path {
+        if fast_path {
             // The context is built from typed values in the shape that the schema declares
             // for this action (checked at load), so only the entity types need checking.
             if let Some(env) = env {
                 check_applies_to(env, request)?;
             }
-            let context = standard_context(&request.facts, &now)?;
+        }
+
+        let entities = if request.entities.is_empty() {
+            None
+        } else {
+            Some(merge_inline_entities(snapshot, &request.entities)?)
+        };
+        let effective = entities.as_ref().unwrap_or(&snapshot.entities);
+        let scopes = Scopes::resolve(effective, &request.principal);
+        let prices = model_prices(effective, &request.resource).map_err(|attribute| {
+            RequestError::InvalidModelPrice {
+                resource: request.resource.to_string(),
+                attribute,
+            }
+        })?;
+        let facts = request.facts;
+        let estimate = prices.counters(facts.input_tokens, facts.max_output_tokens);
+        if estimate.cost_micro_usd > COUNTER_MAX {
+            return Err(RequestError::EstimateOutOfRange {
+                value: estimate.cost_micro_usd,
+                max: COUNTER_MAX,
+            });
+        }
+        Ok(Prepared {
+            now_millis,
+            fast_path,
+            entities,
+            scopes,
+            prices,
+            estimate,
+        })
+    }
+
+    /// Evaluates a prepared request against the given usage.
+    fn evaluate(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+        prepared: &Prepared,
+        usage: &UsageView,
+    ) -> Result<Decision, RequestError> {
+        let now = format_millis(prepared.now_millis);
+        let cost = prepared.estimate.cost_micro_usd;
+        let cedar_request = if prepared.fast_path {
+            let context = standard_context(&request.facts, &now, cost, usage)?;
             Request::new(
                 request.principal.clone(),
                 request.action.clone(),
@@ -253,7 +463,7 @@ impl Engine {
                 None,
             )
         } else {
-            let context = build_context(snapshot, request, &now)?;
+            let context = build_context(snapshot, request, &now, cost, usage)?;
             Request::new(
                 request.principal.clone(),
                 request.action.clone(),
@@ -264,15 +474,13 @@ impl Engine {
         }
         .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
 
-        let entities = if request.entities.is_empty() {
-            None
-        } else {
-            Some(merge_inline_entities(snapshot, &request.entities)?)
-        };
-        Ok(Prepared {
-            request: cedar_request,
-            entities,
-        })
+        let entities = prepared.entities.as_ref().unwrap_or(&snapshot.entities);
+        let response = self
+            .authorizer
+            .is_authorized(&cedar_request, &snapshot.policies, entities);
+        let mut decision = self.decide(snapshot, request, entities, &response);
+        decision.retry_after_secs = retry_after(&decision, prepared.now_millis);
+        Ok(decision)
     }
 
     fn decide(
@@ -291,6 +499,7 @@ impl Engine {
                 column: 0,
                 reason: None,
                 status: None,
+                window: None,
             })
         };
         let mut determining: Vec<PolicyRef> = response.diagnostics().reason().map(lookup).collect();
@@ -330,6 +539,7 @@ impl Engine {
                 errors,
                 explanation,
                 generation,
+                retry_after_secs: None,
             };
         }
         if !counted_errors.is_empty() {
@@ -354,6 +564,7 @@ impl Engine {
                 errors,
                 explanation,
                 generation,
+                retry_after_secs: None,
             };
         }
         if cedar_allows {
@@ -366,6 +577,7 @@ impl Engine {
                 errors,
                 explanation,
                 generation,
+                retry_after_secs: None,
             };
         }
         Decision {
@@ -376,13 +588,50 @@ impl Engine {
             explanation: explain_default_deny(snapshot, request, entities),
             errors,
             generation,
+            retry_after_secs: None,
         }
     }
 }
 
 struct Prepared {
-    request: Request,
+    now_millis: i64,
+    fast_path: bool,
     entities: Option<Entities>,
+    scopes: Scopes,
+    prices: Prices,
+    estimate: Counters,
+}
+
+/// Returns the seconds until the longest window of the deciding 429 policies ends, for a
+/// 429 denial.
+fn retry_after(decision: &Decision, now_millis: i64) -> Option<u64> {
+    if decision.status != Some(Status::TooManyRequests) {
+        return None;
+    }
+    decision
+        .policies
+        .iter()
+        .filter(|policy| policy.status == Some(Status::TooManyRequests))
+        .filter_map(|policy| policy.window)
+        .map(|window| window.seconds_until_end(now_millis))
+        .max()
+}
+
+/// Returns the decision for usage counters that cannot be read: a denial, because an allow
+/// would skip the quotas.
+fn usage_unavailable(snapshot: &Snapshot, error: &crate::quota::LedgerError) -> Decision {
+    Decision {
+        decision: Outcome::Deny,
+        status: Some(Status::ServiceUnavailable),
+        reason: Reason::UsageUnavailable,
+        policies: Vec::new(),
+        errors: Vec::new(),
+        explanation: format!(
+            "denied because the usage counters could not be read ({error}); modelgate does not allow a request it cannot count"
+        ),
+        generation: snapshot.generation,
+        retry_after_secs: None,
+    }
 }
 
 fn strongest_status(statuses: impl Iterator<Item = Option<Status>>) -> Status {
@@ -460,7 +709,8 @@ fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), Reques
 }
 
 fn to_long(value: u64) -> i64 {
-    // INVARIANT: token counts were checked against `max_tokens`, far below `i64::MAX`.
+    // INVARIANT: token counts and estimates were checked against `max_tokens` and
+    // COUNTER_MAX, far below `i64::MAX`.
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -491,6 +741,8 @@ fn check_applies_to(
 pub(crate) fn standard_context(
     facts: &crate::request::RequestFacts,
     now: &str,
+    estimated_cost_micro_usd: u64,
+    usage: &UsageView,
 ) -> Result<Context, RequestError> {
     let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
     let request_record = RestrictedExpression::new_record([
@@ -510,11 +762,19 @@ pub(crate) fn standard_context(
             "stream".to_string(),
             RestrictedExpression::new_bool(facts.stream),
         ),
+        (
+            "estimated_cost_micro_usd".to_string(),
+            RestrictedExpression::new_long(to_long(estimated_cost_micro_usd)),
+        ),
     ])
     .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
+    let usage_record = usage
+        .context_record()
+        .map_err(RequestError::SchemaMismatch)?;
     let pairs = [
         ("now".to_string(), RestrictedExpression::new_datetime(now)),
         ("request".to_string(), request_record),
+        ("usage".to_string(), usage_record),
     ];
     Context::from_pairs(pairs).map_err(|error| RequestError::SchemaMismatch(error.to_string()))
 }
@@ -524,6 +784,8 @@ fn build_context(
     snapshot: &Snapshot,
     request: &CheckRequest,
     now: &str,
+    estimated_cost_micro_usd: u64,
+    usage: &UsageView,
 ) -> Result<Context, RequestError> {
     let facts = request.facts;
     let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
@@ -539,8 +801,10 @@ fn build_context(
             "max_output_tokens": facts.max_output_tokens,
             "total_tokens": total,
             "stream": facts.stream,
+            "estimated_cost_micro_usd": estimated_cost_micro_usd,
         }),
     );
+    record.insert("usage".to_string(), usage.context_json());
     for (key, value) in &request.context {
         if record.contains_key(key) {
             return Err(RequestError::SchemaMismatch(format!(

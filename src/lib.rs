@@ -25,6 +25,7 @@ pub mod decision;
 pub mod diagnostic;
 pub mod engine;
 pub mod load;
+pub mod quota;
 pub mod render;
 pub mod request;
 pub mod snapshot;
@@ -33,8 +34,12 @@ pub mod validate;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason, Status};
 pub use diagnostic::{Diagnostic, Location, Severity, SourceFile};
-pub use engine::{Engine, EngineOptions, EngineStatus, ErrorPolicy};
+pub use engine::{Engine, EngineOptions, EngineStatus, ErrorPolicy, DEFAULT_RESERVATION_TTL};
 pub use load::LoadOptions;
+pub use quota::{
+    ActualUsage, Admission, Counters, Ledger, MemoryLedger, QuotaError, ReservationId, ScopeKind,
+    SqliteLedger, UsageView, Window,
+};
 pub use request::{CheckRequest, RequestError, RequestFacts};
 pub use snapshot::{LoadError, Snapshot};
 pub use validate::{validate, ValidationReport};

@@ -63,7 +63,7 @@ impl miette::Diagnostic for LoadError {
 pub(crate) struct ActionEnv {
     pub principals: HashSet<EntityTypeName>,
     pub resources: HashSet<EntityTypeName>,
-    /// Whether the context modelgate builds (`now` and `request`) is exactly what the
+    /// Whether the context modelgate builds (`now`, `request` and `usage`) is exactly what the
     /// action declares. When not, every request is validated by Cedar against the schema.
     pub standard_context: bool,
 }
@@ -83,6 +83,8 @@ fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
             (Some(principal), Some(resource)) => crate::engine::standard_context(
                 &crate::request::RequestFacts::default(),
                 "1970-01-01T00:00:00.000Z",
+                0,
+                &crate::quota::UsageView::default(),
             )
             .ok()
             .is_some_and(|context: Context| {
