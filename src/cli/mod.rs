@@ -2,6 +2,7 @@
 //! parses arguments, calls the library and prints.
 
 mod check;
+mod usage;
 mod validate;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Parse and strictly validate policies, schema and entity data
     Validate(validate::ValidateArgs),
+    /// Show or record usage in the usage ledger
+    Usage(usage::UsageArgs),
 }
 
 /// Where the policy set is; shared by every subcommand that loads one.
@@ -83,6 +86,7 @@ pub fn run() -> ExitCode {
     let code = match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Validate(args) => validate::run(&args),
+        Command::Usage(args) => usage::run(&args),
     };
     ExitCode::from(code)
 }
