@@ -2,6 +2,7 @@
 //! parses arguments, calls the library and prints.
 
 mod check;
+mod keys;
 mod usage;
 mod validate;
 
@@ -42,6 +43,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Show or record usage in the usage ledger
     Usage(usage::UsageArgs),
+    /// Report API keys that need attention
+    Keys(keys::KeysArgs),
 }
 
 /// Where the policy set is; shared by every subcommand that loads one.
@@ -87,6 +90,7 @@ pub fn run() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Usage(args) => usage::run(&args),
+        Command::Keys(args) => keys::run(&args),
     };
     ExitCode::from(code)
 }

@@ -7,6 +7,7 @@
 //! estimate under one lock; [`crate::Engine::commit`] replaces the estimate with the actual
 //! usage and writes it to the [`Ledger`].
 
+mod audit;
 mod counters;
 mod ledger;
 mod meter;
@@ -14,6 +15,7 @@ mod scope;
 mod sqlite;
 mod window;
 
+pub use audit::{audit_keys, AuditOptions, Finding, KeyReport};
 pub use counters::{Counters, UsageFileError, UsageView, COUNTER_MAX};
 pub use ledger::{Bucket, Ledger, LedgerEntry, LedgerError, MemoryLedger};
 pub(crate) use meter::Meter;
