@@ -206,3 +206,44 @@ forbid (principal, action, resource) when { context.usage.key.day.requests > 1 }
     let codes: Vec<&str> = error.errors().map(|d| d.code).collect();
     assert_eq!(codes, ["invalid-window"]);
 }
+
+#[test]
+fn quota_policy_without_window_warns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("allow-all")
+@reason("r")
+permit (principal, action, resource);
+
+@id("no-window")
+@reason("r")
+@status("429")
+forbid (principal, action, resource) when { context.usage.key.day.requests > 1 };
+"#,
+    )
+    .expect("write policy");
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema");
+    let engine = Engine::load(LoadOptions::new(dir.path(), schema)).expect("loads with a warning");
+    let codes: Vec<&str> = engine
+        .snapshot()
+        .warnings()
+        .iter()
+        .map(|d| d.code)
+        .collect();
+    assert_eq!(codes, ["missing-window"]);
+
+    // The denial is still a 429, without a retry-after.
+    let request = CheckRequest::for_model("ApiKey::\"k\"", "chat", "m").expect("valid request");
+    let view = usage(
+        ScopeKind::Key,
+        Window::Day,
+        Counters {
+            requests: 2,
+            ..Counters::default()
+        },
+    );
+    let decision = engine.check_with_usage(&request, &view).expect("decision");
+    assert_eq!(decision.status, Some(Status::TooManyRequests));
+    assert_eq!(decision.retry_after_secs, None);
+}
