@@ -6,6 +6,9 @@
 //! that decided it, with their file and line, their `@reason`, and the HTTP status
 //! (`@status`: 401, 403 or 429) a caller should answer a denial with.
 //!
+//! For token quotas, call [`Engine::check_and_reserve`] instead, then [`Engine::commit`] the
+//! usage the provider reports or [`Engine::release`] the reservation; see [`quota`].
+//!
 //! ```
 //! use modelgate::{CheckRequest, Engine, LoadOptions, Outcome};
 //!

@@ -17,7 +17,7 @@ mod window;
 
 pub use audit::{audit_keys, AuditOptions, Finding, KeyReport};
 pub use counters::{Counters, UsageFileError, UsageView, COUNTER_MAX};
-pub use ledger::{Bucket, Ledger, LedgerEntry, LedgerError, MemoryLedger};
+pub use ledger::{retention_millis, Bucket, Ledger, LedgerEntry, LedgerError, MemoryLedger};
 pub(crate) use meter::Meter;
 pub use meter::{ActualUsage, Admission, QuotaError, ReservationId};
 pub(crate) use scope::{model_prices, Prices};
