@@ -70,6 +70,8 @@ impl SqliteLedger {
         };
         let connection = Connection::open(&path).map_err(open_error)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+
+        // A new file has no tables and application id 0; anything else must carry our id.
         let application_id: i32 = connection
             .pragma_query_value(None, "application_id", |row| row.get(0))
             .map_err(open_error)?;
@@ -82,15 +84,19 @@ impl SqliteLedger {
                 message: "the file is an SQLite database, but not a modelgate ledger".to_string(),
             });
         }
+
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(open_error)?;
         connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(open_error)?;
-        connection.execute_batch(SCHEMA).map_err(open_error)?;
+        // The id and the tables are written in one transaction, so that a crash cannot leave
+        // tables without the id, which the check above would then reject.
         connection
-            .pragma_update(None, "application_id", APPLICATION_ID)
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE; PRAGMA application_id = {APPLICATION_ID}; {SCHEMA} COMMIT;"
+            ))
             .map_err(open_error)?;
         Ok(Self {
             path,
