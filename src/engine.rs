@@ -344,6 +344,14 @@ impl Engine {
         Scopes::resolve(&self.current.load().entities, principal)
     }
 
+    /// Returns `principal`'s usage at the clock's current time as the policies would see it:
+    /// committed usage plus pending reservations, per scope and window.
+    pub fn usage(&self, principal: &EntityUid) -> Result<UsageView, crate::quota::LedgerError> {
+        let scopes = self.scopes_of(principal);
+        let now = self.options.clock.now_millis();
+        self.meter.view(&scopes, now, now)
+    }
+
     /// Returns the ledger.
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
         self.meter.ledger()

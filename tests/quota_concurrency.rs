@@ -15,7 +15,7 @@ use std::thread;
 use modelgate::quota::Window;
 use modelgate::{
     ActualUsage, CheckRequest, Engine, EngineOptions, Ledger, LoadOptions, ManualClock,
-    MemoryLedger, Outcome, ReservationId, SqliteLedger, Status,
+    MemoryLedger, Outcome, ReservationId, ScopeKind, SqliteLedger, Status,
 };
 use serde_json::json;
 
@@ -297,4 +297,83 @@ fn racing_commits_and_releases_keep_counters_exact() {
     }
     assert_eq!(engine.pending_reservations(), 0);
     assert_eq!(key_day_tokens(engine.ledger().as_ref(), "k1"), 32 * 500);
+}
+
+#[test]
+fn usage_never_exceeds_budget_while_racing() {
+    let dir = policy_dir();
+    let ledger_dir = tempfile::tempdir().expect("temp dir");
+    let ledger: Arc<dyn Ledger> =
+        Arc::new(SqliteLedger::open(ledger_dir.path().join("ledger.sqlite3")).expect("opens"));
+    let engine = engine(dir.path(), ledger);
+    let principal = request("k1", 0).principal;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // A monitor reads the key's day usage (committed plus reserved) while 8 workers reserve
+    // 1,000 tokens and then commit between 0 and 1,000 actual tokens, or release.
+    let monitor = {
+        let engine = Arc::clone(&engine);
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let mut highest = 0;
+            let mut reads = 0_u64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let usage = engine.usage(&principal).expect("usage reads");
+                highest = highest.max(usage.get(ScopeKind::Key, Window::Day).tokens());
+                reads += 1;
+            }
+            (highest, reads)
+        })
+    };
+    let workers: Vec<_> = (0..8_u64)
+        .map(|worker| {
+            let engine = Arc::clone(&engine);
+            thread::spawn(move || {
+                let mut admitted = 0_u64;
+                for round in 0..40_u64 {
+                    let admission = engine
+                        .check_and_reserve(&request("k1", 1_000))
+                        .expect("well-formed request");
+                    let Some(id) = admission.reservation else {
+                        continue;
+                    };
+                    admitted += 1;
+                    if (worker + round) % 4 == 0 {
+                        engine.release(id).expect("releases");
+                    } else {
+                        let output = (worker * 37 + round * 101) % 800;
+                        engine
+                            .commit(
+                                id,
+                                ActualUsage {
+                                    input_tokens: 200,
+                                    output_tokens: output,
+                                },
+                            )
+                            .expect("commits");
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: u64 = workers
+        .into_iter()
+        .map(|worker| worker.join().expect("worker finishes"))
+        .sum();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (highest, reads) = monitor.join().expect("monitor finishes");
+
+    assert!(
+        admitted > 100,
+        "actual usage below the estimate frees room: {admitted}"
+    );
+    assert!(reads > 0);
+    assert!(highest <= 100_000, "usage reached {highest}");
+    let final_usage = engine
+        .usage(&request("k1", 0).principal)
+        .expect("usage reads")
+        .get(ScopeKind::Key, Window::Day);
+    assert!(final_usage.tokens() <= 100_000, "{final_usage:?}");
+    assert_eq!(engine.pending_reservations(), 0);
 }
