@@ -423,3 +423,58 @@ fn failed_commit_keeps_reservation_pending() {
     assert!(reserve(&setup.engine, 1_000, 1_000).is_none());
     setup.engine.release(id).expect("still pending");
 }
+
+#[test]
+fn usage_reaches_policies_with_extra_context() {
+    // A schema with an extra context attribute makes requests that set it take the path
+    // that Cedar validates against the schema, which builds `usage` as JSON.
+    let shipped = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/modelgate.cedarschema"),
+    )
+    .expect("read schema");
+    let extended = shipped.replace(
+        "  usage: ScopeUsage,\n};",
+        "  usage: ScopeUsage,\n  region?: String,\n};",
+    );
+    assert_ne!(
+        extended, shipped,
+        "the schema still ends RequestContext with usage"
+    );
+    let schema_dir = tempfile::tempdir().expect("temp dir");
+    fs::write(schema_dir.path().join("s.cedarschema"), extended).expect("write schema");
+    let dir = policy_dir(
+        r#"
+@id("allow-all")
+@reason("allowed")
+permit (principal, action, resource);
+
+@id("eu-daily-requests")
+@reason("at most 2 requests a day from the EU region")
+@status("429")
+@window("day")
+forbid (principal, action, resource)
+when { context has region && context.region == "eu" && context.usage.key.day.requests >= 2 };
+"#,
+    );
+    let engine = Engine::load(LoadOptions::new(dir.path(), schema_dir.path())).expect("loads");
+    let mut request = request(10, 10).at(NOW);
+    request
+        .context
+        .insert("region".to_string(), serde_json::json!("eu"));
+    let mut usage = UsageView::default();
+    usage.set(
+        ScopeKind::Key,
+        Window::Day,
+        Counters {
+            requests: 2,
+            ..Counters::default()
+        },
+    );
+
+    let denied = engine.check_with_usage(&request, &usage).expect("decision");
+    assert_eq!(denied.policy_ids(), ["eu-daily-requests"]);
+    let allowed = engine
+        .check_with_usage(&request, &UsageView::default())
+        .expect("decision");
+    assert!(allowed.is_allowed(), "{}", allowed.explanation);
+}
