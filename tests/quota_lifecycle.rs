@@ -478,3 +478,47 @@ when { context has region && context.region == "eu" && context.usage.key.day.req
         .expect("decision");
     assert!(allowed.is_allowed(), "{}", allowed.explanation);
 }
+
+#[test]
+fn overflowing_quota_policy_denies() {
+    // 10^15 x 10^4 overflows Cedar's 64-bit integers; Cedar skips the erroring forbid, and
+    // modelgate denies instead of letting the permit through.
+    let dir = policy_dir(
+        r#"
+@id("allow-all")
+@reason("allowed")
+permit (principal, action, resource);
+
+@id("scaled-budget")
+@reason("a budget written with a large multiplier")
+@status("429")
+@window("day")
+forbid (principal, action, resource)
+when { context.usage.key.day.tokens * 10000 > 9000000000000000000 };
+"#,
+    );
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema");
+    let engine = Engine::load(LoadOptions::new(dir.path(), schema)).expect("loads");
+    let mut usage = UsageView::default();
+    usage.set(
+        ScopeKind::Key,
+        Window::Day,
+        Counters {
+            input_tokens: COUNTER_MAX,
+            ..Counters::default()
+        },
+    );
+
+    let decision = engine
+        .check_with_usage(&request(1, 1), &usage)
+        .expect("decision");
+
+    assert!(!decision.is_allowed());
+    assert_eq!(decision.reason, Reason::EvaluationFailed);
+    assert_eq!(decision.status, Some(Status::TooManyRequests));
+    assert!(
+        decision.errors[0].message.contains("overflow"),
+        "{:?}",
+        decision.errors
+    );
+}
