@@ -28,13 +28,46 @@ fn raw_context() -> Context {
             RestrictedExpression::new_long(420),
         ),
         ("stream".to_string(), RestrictedExpression::new_bool(false)),
+        (
+            "estimated_cost_micro_usd".to_string(),
+            RestrictedExpression::new_long(102),
+        ),
     ])
     .expect("valid record");
     Context::from_pairs([
         ("now".to_string(), RestrictedExpression::new_datetime(NOW)),
         ("request".to_string(), request),
+        ("usage".to_string(), zero_usage()),
     ])
     .expect("valid context")
+}
+
+/// Builds `context.usage` with every counter zero, in the schema's shape.
+fn zero_usage() -> RestrictedExpression {
+    let counters = || {
+        RestrictedExpression::new_record(
+            [
+                "requests",
+                "input_tokens",
+                "output_tokens",
+                "tokens",
+                "cost_micro_usd",
+            ]
+            .map(|name| (name.to_string(), RestrictedExpression::new_long(0))),
+        )
+        .expect("valid record")
+    };
+    let windows = || {
+        RestrictedExpression::new_record(
+            ["minute", "hour", "day", "month"].map(|name| (name.to_string(), counters())),
+        )
+        .expect("valid record")
+    };
+    RestrictedExpression::new_record(
+        ["key", "user", "team", "role", "workspace", "organization"]
+            .map(|name| (name.to_string(), windows())),
+    )
+    .expect("valid record")
 }
 
 fn bench_check(c: &mut Criterion) {

@@ -34,6 +34,9 @@ pub enum Status {
     Forbidden,
     /// 429: a quota or rate limit is exhausted; retrying later may succeed.
     TooManyRequests,
+    /// 503: the usage counters could not be read, so modelgate denies rather than allow
+    /// without counting. Never set by a policy.
+    ServiceUnavailable,
 }
 
 impl Status {
@@ -53,6 +56,7 @@ impl Status {
             Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::TooManyRequests => 429,
+            Status::ServiceUnavailable => 503,
         }
     }
 
@@ -63,6 +67,7 @@ impl Status {
             Status::Unauthorized => 0,
             Status::Forbidden => 1,
             Status::TooManyRequests => 2,
+            Status::ServiceUnavailable => 3,
         }
     }
 }
@@ -117,6 +122,9 @@ pub struct PolicyRef {
     /// The `@status` annotation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// The `@window` annotation of a quota policy: the usage window its limit counts in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::quota::Window>,
 }
 
 /// A policy whose evaluation failed, for example on an integer overflow.
@@ -140,6 +148,8 @@ pub enum Reason {
     NoPermit,
     /// A policy failed to evaluate and modelgate failed closed.
     EvaluationFailed,
+    /// The usage counters could not be read, so the policies were not evaluated.
+    UsageUnavailable,
 }
 
 /// The answer to one access check.
@@ -162,6 +172,10 @@ pub struct Decision {
     pub explanation: String,
     /// The generation of the policy set that made the decision.
     pub generation: u64,
+    /// For a 429 denial by policies with a `@window`: the seconds until the longest of
+    /// their windows ends, for a `Retry-After` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Decision {

@@ -6,6 +6,9 @@
 //! that decided it, with their file and line, their `@reason`, and the HTTP status
 //! (`@status`: 401, 403 or 429) a caller should answer a denial with.
 //!
+//! For token quotas, call [`Engine::check_and_reserve`] instead, then [`Engine::commit`] the
+//! usage the provider reports or [`Engine::release`] the reservation; see [`quota`].
+//!
 //! ```
 //! use modelgate::{CheckRequest, Engine, LoadOptions, Outcome};
 //!
@@ -25,6 +28,7 @@ pub mod decision;
 pub mod diagnostic;
 pub mod engine;
 pub mod load;
+pub mod quota;
 pub mod reload;
 pub mod render;
 pub mod request;
@@ -36,8 +40,12 @@ pub mod validate;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason, Status};
 pub use diagnostic::{Diagnostic, Location, Severity, SourceFile};
-pub use engine::{Engine, EngineOptions, EngineStatus, ErrorPolicy};
+pub use engine::{Engine, EngineOptions, EngineStatus, ErrorPolicy, DEFAULT_RESERVATION_TTL};
 pub use load::LoadOptions;
+pub use quota::{
+    ActualUsage, Admission, Counters, Ledger, MemoryLedger, QuotaError, ReservationId, ScopeKind,
+    SqliteLedger, UsageView, Window,
+};
 pub use reload::{FileWatcher, LiveEngine, LiveStatus, ReloadEvent, WatchConfig, WatchMode};
 pub use request::{CheckRequest, RequestError, RequestFacts};
 pub use snapshot::{LoadError, Snapshot};

@@ -422,6 +422,28 @@ fn parse_policy_file(
             }
         };
 
+        let window = match policy.annotation("window") {
+            None => None,
+            Some(value) => match value.parse::<crate::quota::Window>() {
+                Ok(window) => Some(window),
+                Err(_) => {
+                    diagnostics.push(
+                        Diagnostic::error(
+                            "invalid-window",
+                            format!("`@window(\"{value}\")` is not a usage window"),
+                        )
+                        .at(source, offset, text.len())
+                        .for_policy(&id)
+                        .with_help(
+                            "write `@window(\"minute\")`, `@window(\"hour\")`, `@window(\"day\")` or `@window(\"month\")`",
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+
         if let Some(existing) = refs.get(&policy_id) {
             diagnostics.push(
                 Diagnostic::error(
@@ -452,6 +474,7 @@ fn parse_policy_file(
             column: location.column,
             reason: policy.annotation("reason").map(str::to_string),
             status,
+            window,
         };
         if let Err(error) = set.add(policy.new_id(policy_id.clone())) {
             diagnostics.push(

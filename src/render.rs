@@ -138,6 +138,9 @@ pub fn decision_human(request: &CheckRequest, decision: &Decision) -> String {
             error.message
         );
     }
+    if let Some(seconds) = decision.retry_after_secs {
+        let _ = writeln!(out, "  retry after: {seconds} s");
+    }
     let _ = writeln!(out, "  why: {}", decision.explanation);
     out
 }

@@ -99,6 +99,22 @@ pub enum RequestError {
     /// The principal, resource or context do not fit the action's declaration in the schema.
     #[error("request does not match the schema: {0}")]
     SchemaMismatch(String),
+    /// The request's estimated cost is above the bound on usage counters.
+    #[error("the request's estimated cost is {value} micro-USD, above the maximum {max}")]
+    EstimateOutOfRange {
+        /// The estimate, in micro-USD.
+        value: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// A model price attribute that is negative or not a `Long`.
+    #[error("model `{resource}` has an invalid `{attribute}`: expected a non-negative Long")]
+    InvalidModelPrice {
+        /// The resource.
+        resource: String,
+        /// The attribute.
+        attribute: String,
+    },
 }
 
 fn suggestion_suffix(suggestion: &Option<String>) -> String {
@@ -129,6 +145,10 @@ impl miette::Diagnostic for RequestError {
             }
             RequestError::InvalidEntities(_) | RequestError::SchemaMismatch(_) => {
                 "make the request match the action's `appliesTo` declaration in the schema"
+            }
+            RequestError::EstimateOutOfRange { .. } => "ask for fewer tokens",
+            RequestError::InvalidModelPrice { .. } => {
+                "fix the model's prices in the entity data (micro-USD per million tokens)"
             }
         };
         Some(Box::new(help))

@@ -11,6 +11,7 @@ use cedar_policy::{
 
 use crate::decision::PolicyRef;
 use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::engine::ContextShape;
 use crate::load::{parse_all, LoadOptions};
 use crate::slice::PolicyIndex;
 use crate::validate::{sort_diagnostics, validate_parsed};
@@ -70,9 +71,9 @@ impl miette::Diagnostic for LoadError {
 pub(crate) struct ActionEnv {
     pub principals: HashSet<EntityTypeName>,
     pub resources: HashSet<EntityTypeName>,
-    /// Whether the context modelgate builds (`now` and `request`) is exactly what the
-    /// action declares. When not, every request is validated by Cedar against the schema.
-    pub standard_context: bool,
+    /// Which of modelgate's context attributes the action declares. Requests for a `Custom`
+    /// action, and requests with extra context attributes, are validated by Cedar.
+    pub shape: ContextShape,
 }
 
 fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
@@ -86,33 +87,44 @@ fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
             .resources_for_action(action)
             .map(|types| types.cloned().collect())
             .unwrap_or_default();
-        let standard_context = match (principals.iter().next(), resources.iter().next()) {
-            (Some(principal), Some(resource)) => crate::engine::standard_context(
-                &crate::request::RequestFacts::default(),
-                "1970-01-01T00:00:00.000Z",
-            )
-            .ok()
-            .is_some_and(|context: Context| {
+        let shape = match (principals.iter().next(), resources.iter().next()) {
+            (Some(principal), Some(resource)) => {
                 let probe = |entity_type: &EntityTypeName| {
                     EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new("probe"))
                 };
-                Request::new(
-                    probe(principal),
-                    action.clone(),
-                    probe(resource),
-                    context,
-                    Some(schema),
-                )
-                .is_ok()
-            }),
-            _ => false,
+                let fits = |shape: ContextShape| {
+                    crate::engine::standard_context(
+                        shape,
+                        &crate::request::RequestFacts::default(),
+                        "1970-01-01T00:00:00.000Z",
+                        0,
+                        &crate::quota::UsageView::default(),
+                    )
+                    .ok()
+                    .is_some_and(|context: Context| {
+                        Request::new(
+                            probe(principal),
+                            action.clone(),
+                            probe(resource),
+                            context,
+                            Some(schema),
+                        )
+                        .is_ok()
+                    })
+                };
+                [ContextShape::Quota, ContextShape::Basic]
+                    .into_iter()
+                    .find(|shape| fits(*shape))
+                    .unwrap_or(ContextShape::Custom)
+            }
+            _ => ContextShape::Custom,
         };
         envs.insert(
             action.clone(),
             ActionEnv {
                 principals,
                 resources,
-                standard_context,
+                shape,
             },
         );
     }

@@ -155,6 +155,22 @@ fn lints(parsed: &Parsed) -> Vec<Diagnostic> {
                 .with_help("add `@status(\"401\")`, `@status(\"403\")` or `@status(\"429\")`"),
             );
         }
+        if reference.effect == Effect::Forbid
+            && reference.status == Some(crate::decision::Status::TooManyRequests)
+            && reference.window.is_none()
+        {
+            diagnostics.push(
+                Diagnostic::warning(
+                    "missing-window",
+                    format!(
+                        "forbid policy `{id}` answers 429 but has no `@window`, so its denials carry no retry-after"
+                    ),
+                )
+                .at(source, *offset, *len)
+                .for_policy(id.to_string())
+                .with_help("add `@window(\"minute\")`, `@window(\"hour\")`, `@window(\"day\")` or `@window(\"month\")`: the window its limit counts in"),
+            );
+        }
         let policy_text = source.text.get(*offset..offset + len).unwrap_or("");
         let named = match scan_entity_literals(policy_text) {
             Some(named) => named,

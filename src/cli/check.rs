@@ -5,7 +5,11 @@ use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use modelgate::{CheckRequest, Decision, Engine, EngineOptions, ErrorPolicy, RequestError};
+use std::sync::Arc;
+
+use modelgate::{
+    CheckRequest, Decision, Engine, EngineOptions, ErrorPolicy, RequestError, UsageView,
+};
 use serde_json::{json, Map, Value};
 
 use super::{exit, print_diagnostics, Format, SourceArgs};
@@ -53,10 +57,23 @@ pub struct CheckArgs {
     /// Largest token count accepted per request field
     #[arg(long, default_value_t = modelgate::request::DEFAULT_MAX_TOKENS)]
     pub max_tokens: u64,
+    /// Usage counters (JSON file) to evaluate against instead of the ledger's
+    #[arg(long, value_name = "FILE", conflicts_with = "ledger")]
+    pub usage: Option<PathBuf>,
+    /// Usage ledger (SQLite file) to read counters from [default: none, so all usage is zero]
+    #[arg(long, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
 }
 
 pub fn run(args: &CheckArgs) -> u8 {
-    let options = EngineOptions {
+    let usage = match &args.usage {
+        Some(path) => match read_usage(path) {
+            Ok(usage) => Some(usage),
+            Err(code) => return code,
+        },
+        None => None,
+    };
+    let mut options = EngineOptions {
         error_policy: if args.ignore_permit_errors {
             ErrorPolicy::IgnorePermitErrors
         } else {
@@ -65,6 +82,15 @@ pub fn run(args: &CheckArgs) -> u8 {
         max_tokens: args.max_tokens,
         ..EngineOptions::default()
     };
+    if let Some(path) = &args.ledger {
+        let ledger = super::usage::LedgerArgs {
+            ledger: path.clone(),
+        };
+        match ledger.open() {
+            Ok(ledger) => options.ledger = Arc::new(ledger),
+            Err(code) => return code,
+        }
+    }
     let engine = match Engine::with_options(args.sources.load_options(), options) {
         Ok(engine) => engine,
         Err(error) => {
@@ -75,11 +101,11 @@ pub fn run(args: &CheckArgs) -> u8 {
     };
 
     match &args.request {
-        Some(path) if path.as_os_str() == "-" => run_batch(&engine, args.format),
+        Some(path) if path.as_os_str() == "-" => run_batch(&engine, usage.as_ref(), args.format),
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => {
                 let request = CheckRequest::from_json(&text);
-                answer_one(&engine, request, args.format)
+                answer_one(&engine, usage.as_ref(), request, args.format)
             }
             Err(error) => {
                 eprintln!(
@@ -89,7 +115,12 @@ pub fn run(args: &CheckArgs) -> u8 {
                 exit::ERROR
             }
         },
-        None => answer_one(&engine, request_from_flags(args), args.format),
+        None => answer_one(
+            &engine,
+            usage.as_ref(),
+            request_from_flags(args),
+            args.format,
+        ),
     }
 }
 
@@ -122,12 +153,47 @@ fn request_from_flags(args: &CheckArgs) -> Result<CheckRequest, RequestError> {
     Ok(request)
 }
 
-fn answer_one(engine: &Engine, request: Result<CheckRequest, RequestError>, format: Format) -> u8 {
+/// Reads a usage file for `--usage`; errors are printed and become the exit code.
+fn read_usage(path: &std::path::Path) -> Result<UsageView, u8> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        eprintln!(
+            "error: cannot read usage file `{}`: {error}",
+            path.display()
+        );
+        exit::ERROR
+    })?;
+    UsageView::from_json(&text).map_err(|error| {
+        eprintln!("error: usage file `{}`: {error}", path.display());
+        eprintln!(
+            "  = help: write {{\"user\": {{\"day\": {{\"input_tokens\": 1200}}}}}} with scopes key, user, team, role, workspace, organization and windows minute, hour, day, month"
+        );
+        exit::ERROR
+    })
+}
+
+/// Decides with the given usage counters, or with the ledger's when there are none.
+fn decide(
+    engine: &Engine,
+    usage: Option<&UsageView>,
+    request: &CheckRequest,
+) -> Result<Decision, RequestError> {
+    match usage {
+        Some(usage) => engine.check_with_usage(request, usage),
+        None => engine.check(request),
+    }
+}
+
+fn answer_one(
+    engine: &Engine,
+    usage: Option<&UsageView>,
+    request: Result<CheckRequest, RequestError>,
+    format: Format,
+) -> u8 {
     let request = match request {
         Ok(request) => request,
         Err(error) => return report_request_error(&error, format, None),
     };
-    match engine.check(&request) {
+    match decide(engine, usage, &request) {
         Ok(decision) => {
             print_decision(&request, &decision, format);
             if decision.is_allowed() {
@@ -142,7 +208,7 @@ fn answer_one(engine: &Engine, request: Result<CheckRequest, RequestError>, form
 
 /// Reads one JSON request per line; a bad line is reported as a denial with its error and
 /// makes the exit code `ERROR`, but the following lines are still decided.
-fn run_batch(engine: &Engine, format: Format) -> u8 {
+fn run_batch(engine: &Engine, usage: Option<&UsageView>, format: Format) -> u8 {
     let mut worst = exit::OK;
     let stdin = io::stdin();
     for (index, line) in stdin.lock().lines().enumerate() {
@@ -158,7 +224,9 @@ fn run_batch(engine: &Engine, format: Format) -> u8 {
             continue;
         }
         let request = CheckRequest::from_json(&line);
-        let code = match request.and_then(|request| engine.check(&request).map(|d| (request, d))) {
+        let code = match request
+            .and_then(|request| decide(engine, usage, &request).map(|d| (request, d)))
+        {
             Ok((request, decision)) => {
                 print_decision(&request, &decision, format);
                 if decision.is_allowed() {

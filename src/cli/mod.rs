@@ -2,7 +2,9 @@
 //! parses arguments, calls the library and prints.
 
 mod check;
+mod keys;
 mod test;
+mod usage;
 mod validate;
 mod watch;
 
@@ -45,6 +47,10 @@ enum Command {
     Test(test::TestArgs),
     /// Load a policy set and reload it whenever its files change, printing each reload
     Watch(watch::WatchArgs),
+    /// Show or record usage in the usage ledger
+    Usage(usage::UsageArgs),
+    /// Report API keys that need attention
+    Keys(keys::KeysArgs),
 }
 
 /// Where the policy set is; shared by every subcommand that loads one.
@@ -91,6 +97,8 @@ pub fn run() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Watch(args) => watch::run(&args),
+        Command::Usage(args) => usage::run(&args),
+        Command::Keys(args) => keys::run(&args),
     };
     ExitCode::from(code)
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::decision::{Outcome, Status};
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::load::json_syntax_diagnostic;
+use crate::quota::UsageView;
 use crate::request::{closest, CheckRequest, RequestError, RequestFacts};
 use crate::testing::expand::{expand_case, CaseFields};
 
@@ -181,6 +182,8 @@ pub struct Case {
     pub expect: Expectation,
     /// `Some(reason)` when the case is skipped.
     pub skip: Option<String>,
+    /// Usage counters the case runs against instead of the engine's ledger.
+    pub usage: Option<UsageView>,
 }
 
 /// Reads and parses one test file.
@@ -307,6 +310,8 @@ pub(crate) struct WireCase {
     pub stream: Option<bool>,
     pub now: Option<String>,
     pub context: Option<Map<String, Value>>,
+    /// Preset usage counters, in the format of `modelgate check --usage`.
+    pub usage: Option<Value>,
     #[serde(default)]
     pub unknown_entities: Vec<String>,
     pub expect: WireExpect,
@@ -491,6 +496,14 @@ fn parse_modelgate(source: SourceFile) -> Result<TestFile, TestFileError> {
                 .at(&source, offset, 1)
                 .with_help("use `policies` for the exact set or `policies_include` for a subset, and `status` only with `deny`")
         })?;
+        let usage = match &wire_case.usage {
+            None => None,
+            Some(value) => Some(UsageView::from_json(&value.to_string()).map_err(|error| {
+                Diagnostic::error("test-file-invalid", format!("invalid `usage`: {error}"))
+                    .at(&source, offset, 1)
+                    .with_help("write `\"usage\": {\"user\": {\"day\": {\"input_tokens\": 90000}}}`: scopes, then windows, then counters")
+            })?),
+        };
         let skip = match &wire_case.skip {
             None | Some(WireSkip::Flag(false)) => None,
             Some(WireSkip::Flag(true)) => Some(String::new()),
@@ -507,6 +520,7 @@ fn parse_modelgate(source: SourceFile) -> Result<TestFile, TestFileError> {
                 require_known_entities: true,
                 expect: expect.clone(),
                 skip: skip.clone(),
+                usage,
             });
         }
     }
@@ -614,6 +628,7 @@ fn parse_cedar(source: SourceFile) -> Result<TestFile, TestFileError> {
                 errors: ErrorExpectation::Count(wire_case.num_errors),
             },
             skip: None,
+            usage: None,
         });
     }
     Ok(TestFile {

@@ -479,10 +479,8 @@ fn run_case(
     }
 
     let started = Instant::now();
-    let decision = match &store {
-        Some(store) => engine.check_with_entities(snapshot, &request, store),
-        None => engine.check_on(snapshot, &request),
-    };
+    let base = store.as_deref().unwrap_or(&snapshot.entities);
+    let decision = engine.check_with(snapshot, &request, base, case.usage.as_ref());
     result.duration = started.elapsed();
     match decision {
         Ok(decision) => {
@@ -756,11 +754,13 @@ mod tests {
                     column: 1,
                     reason: None,
                     status: None,
+                    window: None,
                 })
                 .collect(),
             errors: Vec::new(),
             explanation: String::new(),
             generation: 1,
+            retry_after_secs: None,
         };
         let mut expect = Expectation {
             decision: Outcome::Deny,
