@@ -468,11 +468,16 @@ fn watch_reruns_after_test_file_change() {
     let file = tests_dir.join("watch.test.json");
     std::fs::write(&file, case("allow")).expect("write test file");
 
+    // Relative paths, as typed at a terminal: the policy set is given from the repository,
+    // the test directory relative to the temporary directory the command runs in.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
-        .current_dir(root)
-        .args(["test", "--watch", "--debounce-ms", "100"])
-        .arg(&tests_dir)
+        .current_dir(dir.path())
+        .args(["test", "--watch", "--debounce-ms", "100", "--policies"])
+        .arg(root.join("policies"))
+        .arg("--schema")
+        .arg(root.join("schema"))
+        .arg("tests")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

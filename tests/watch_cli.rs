@@ -88,3 +88,38 @@ fn watch_prints_reloads_and_rejections() {
         "files match generation 2 again; the reload error is cleared"
     );
 }
+
+#[test]
+fn watch_with_relative_paths_reloads() {
+    let fixture = Fixture::new(V1);
+    // Run from the fixture directory with the relative paths an operator would type.
+    let child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+        .current_dir(fixture.dir.path())
+        .args(["watch", "--policies", "pol", "--schema", "schema"])
+        .args(["--entities", "entities", "--debounce-ms", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let stdout = running.0.stdout.take().unwrap();
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || lines.recv_timeout(TIMEOUT).expect("no output line in time");
+
+    let loaded = next_line();
+    assert!(loaded.starts_with("loaded generation 1: "), "{loaded}");
+    write_atomic(&fixture.policy_file(), V2);
+    let reloaded = next_line();
+    assert!(
+        reloaded.starts_with("reloaded generation 2: 3 policies"),
+        "{reloaded}"
+    );
+}

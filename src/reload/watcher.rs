@@ -153,6 +153,17 @@ impl FileWatcher {
     where
         F: FnMut(ChangeBatch) + Send + 'static,
     {
+        // inotify reports absolute paths, so relative roots would never match an event.
+        // `std::path::absolute` keeps symlinks as they are, which the ConfigMap layout needs.
+        let roots: Vec<WatchRoot> = roots
+            .into_iter()
+            .map(|mut root| {
+                if let Ok(absolute) = std::path::absolute(&root.path) {
+                    root.path = absolute;
+                }
+                root
+            })
+            .collect();
         let (sender, receiver) = mpsc::channel();
         let events = sender.clone();
         let handler = move |event: notify::Result<Event>| {
