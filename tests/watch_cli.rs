@@ -91,12 +91,17 @@ fn watch_prints_reloads_and_rejections() {
 
 #[test]
 fn watch_with_relative_paths_reloads() {
-    let fixture = Fixture::new(V1);
-    // Run from the fixture directory with the relative paths an operator would type.
+    // The README's layout and command: `policies/` (with `entities/`) and `schema/` in the
+    // working directory, named by relative paths.
+    let dir = tempfile::tempdir().unwrap();
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (from, to) in [("policies", "policies"), ("schema", "schema")] {
+        copy_dir(&repository.join(from), &dir.path().join(to));
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
-        .current_dir(fixture.dir.path())
-        .args(["watch", "--policies", "pol", "--schema", "schema"])
-        .args(["--entities", "entities", "--debounce-ms", "100"])
+        .current_dir(dir.path())
+        .args(["watch", "--policies", "policies", "--schema", "schema"])
+        .args(["--debounce-ms", "100"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -116,10 +121,34 @@ fn watch_with_relative_paths_reloads() {
 
     let loaded = next_line();
     assert!(loaded.starts_with("loaded generation 1: "), "{loaded}");
-    write_atomic(&fixture.policy_file(), V2);
+    let roles = dir.path().join("policies/roles.cedar");
+    let text = std::fs::read_to_string(&roles).unwrap() + "\n// edited\n";
+    write_atomic(&roles, &text);
     let reloaded = next_line();
     assert!(
-        reloaded.starts_with("reloaded generation 2: 3 policies"),
+        reloaded.starts_with("reloaded generation 2: "),
         "{reloaded}"
     );
+
+    // The first edit may land before the watch is in place and be found by the watcher's
+    // start-up check; the second one can only arrive as a file event.
+    write_atomic(&roles, &(text + "// edited again\n"));
+    let reloaded = next_line();
+    assert!(
+        reloaded.starts_with("reloaded generation 3: "),
+        "{reloaded}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
 }
