@@ -787,13 +787,40 @@ fn explain_default_deny(
 
 /// Rejects entity types and actions that the schema does not declare, with a suggestion.
 fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), RequestError> {
-    if !snapshot.action_envs.contains_key(&request.action) {
-        let action_id = request.action.id().unescaped();
-        return Err(RequestError::UnknownAction {
-            action: request.action.to_string(),
-            suggestion: closest(action_id, snapshot.action_ids()),
-            known: snapshot.action_ids().map(str::to_string).collect(),
-        });
+    let callable = || {
+        let mut ids: Vec<(String, &EntityUid)> = snapshot
+            .action_envs
+            .iter()
+            .filter(|(_, env)| !env.principals.is_empty())
+            .map(|(uid, _)| (uid.id().unescaped().to_string(), uid))
+            .collect();
+        ids.sort();
+        ids
+    };
+    match snapshot.action_envs.get(&request.action) {
+        None => {
+            let action_id = request.action.id().unescaped();
+            let known: Vec<String> = callable().into_iter().map(|(id, _)| id).collect();
+            return Err(RequestError::UnknownAction {
+                action: request.action.to_string(),
+                suggestion: closest(action_id, known.iter().map(String::as_str)),
+                known,
+            });
+        }
+        // An action without `appliesTo` is an action group: policies may name it, requests
+        // may not.
+        Some(env) if env.principals.is_empty() => {
+            let members = callable()
+                .into_iter()
+                .filter(|(_, uid)| snapshot.entities.is_ancestor_of(&request.action, uid))
+                .map(|(id, _)| id)
+                .collect();
+            return Err(RequestError::ActionGroup {
+                action: request.action.to_string(),
+                members,
+            });
+        }
+        Some(_) => {}
     }
     for (field, uid) in [
         ("principal", &request.principal),

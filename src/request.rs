@@ -77,6 +77,14 @@ pub enum RequestError {
         /// Every declared action id, sorted.
         known: Vec<String>,
     },
+    /// An action group (an action without `appliesTo`) given as the request's action.
+    #[error("`{action}` is an action group, not an action a request can name")]
+    ActionGroup {
+        /// The group given.
+        action: String,
+        /// The actions in the group that requests can name, sorted.
+        members: Vec<String>,
+    },
     /// A token count outside `0..=max`.
     #[error("{field} is {value}, outside the accepted range 0..={max}")]
     TokensOutOfRange {
@@ -90,6 +98,9 @@ pub enum RequestError {
     /// A request time that is not RFC 3339.
     #[error("invalid `now` `{0}`: expected an RFC 3339 time such as `2026-12-04T12:00:00Z`")]
     InvalidTime(String),
+    /// A request that lacks a required part, such as its model.
+    #[error("incomplete request: {0}")]
+    Incomplete(String),
     /// Request JSON that does not parse or has the wrong shape.
     #[error("invalid request JSON: {0}")]
     InvalidJson(String),
@@ -129,18 +140,24 @@ impl miette::Diagnostic for RequestError {
         if let RequestError::UnknownAction { known, .. } = self {
             return Some(Box::new(format!("declared actions: {}", known.join(", "))));
         }
+        if let RequestError::ActionGroup { members, .. } = self {
+            return Some(Box::new(format!(
+                "name one of its actions: {}",
+                members.join(", ")
+            )));
+        }
         let help = match self {
             RequestError::InvalidEntity { .. } => {
                 "write entities as `Type::\"id\"`, for example `ApiKey::\"key-ana-ml\"`"
             }
-            RequestError::UnknownEntityType { .. } | RequestError::UnknownAction { .. } => {
-                "the schema lists the declared entity types"
-            }
+            RequestError::UnknownEntityType { .. }
+            | RequestError::UnknownAction { .. }
+            | RequestError::ActionGroup { .. } => "the schema lists the declared entity types",
             RequestError::TokensOutOfRange { .. } => {
                 "send a non-negative token count within the engine's `max_tokens` setting"
             }
             RequestError::InvalidTime(_) => "omit `now` to use the current time",
-            RequestError::InvalidJson(_) => {
+            RequestError::InvalidJson(_) | RequestError::Incomplete(_) => {
                 "see the request format in the README (principal, action, model, tokens)"
             }
             RequestError::InvalidEntities(_) | RequestError::SchemaMismatch(_) => {
@@ -217,7 +234,8 @@ impl CheckRequest {
                 ))
             }
         };
-        let mut request = Self::new(&wire.principal, &wire.action, &resource)?;
+        let action = wire.action.as_deref().unwrap_or("chat");
+        let mut request = Self::new(&wire.principal, action, &resource)?;
         request.facts = RequestFacts {
             input_tokens: token_count("input_tokens", wire.input_tokens.as_ref())?,
             max_output_tokens: token_count("max_output_tokens", wire.max_output_tokens.as_ref())?,
@@ -235,7 +253,7 @@ impl CheckRequest {
 #[serde(deny_unknown_fields)]
 struct WireRequest {
     principal: String,
-    action: String,
+    action: Option<String>,
     model: Option<String>,
     resource: Option<String>,
     input_tokens: Option<Value>,

@@ -45,10 +45,19 @@ impl fmt::Display for LoadError {
         let mut errors = self.errors();
         match errors.next() {
             Some(first) => {
-                write!(f, "cannot load the policy set: {first}")?;
+                write!(f, "cannot load the policy set: ")?;
+                if let Some(file) = &first.file {
+                    write!(f, "{}", file.display())?;
+                    if let Some(location) = first.location {
+                        write!(f, ":{}:{}", location.line, location.column)?;
+                    }
+                    write!(f, ": ")?;
+                }
+                write!(f, "{}", first.message)?;
                 let more = errors.count();
                 if more > 0 {
-                    write!(f, " (and {more} more errors)")?;
+                    let noun = if more == 1 { "error" } else { "errors" };
+                    write!(f, " (and {more} more {noun})")?;
                 }
                 Ok(())
             }

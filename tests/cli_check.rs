@@ -262,3 +262,48 @@ fn admin_action_on_workspace() {
     assert_eq!(run.code, 1);
     assert!(run.stdout.starts_with("DENY 403"), "{}", run.stdout);
 }
+
+#[test]
+fn action_group_is_rejected_with_its_members() {
+    let run = check(&[
+        "--principal",
+        "User::\"ana\"",
+        "--action",
+        "inference",
+        "--model",
+        "mistral-small-latest",
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("is an action group"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("name one of its actions: agents, batch_jobs, chat"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn empty_batch_is_an_error() {
+    let run = modelgate(&["check", "-"], Some(""));
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("no request was read"), "{}", run.stderr);
+}
+
+#[test]
+fn request_without_action_defaults_to_chat() {
+    let input = r#"{"principal": "ApiKey::\"key-ana-ml\"", "model": "mistral-small-latest", "now": "2026-12-04T12:00:00Z"}"#;
+    let run = modelgate(&["check", "-"], Some(input));
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(run.stdout.contains("Action::\"chat\""), "{}", run.stdout);
+}
+
+#[test]
+fn request_file_conflicts_with_request_flags() {
+    let run = modelgate(
+        &["check", "request.json", "--principal", "User::\"ana\""],
+        None,
+    );
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
+}

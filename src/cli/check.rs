@@ -19,14 +19,20 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub sources: SourceArgs,
     /// Request JSON file, or `-` to read one request per line from standard input
-    #[arg(value_name = "REQUEST")]
+    #[arg(
+        value_name = "REQUEST",
+        conflicts_with_all = [
+            "principal", "model", "resource", "input_tokens", "max_output_tokens",
+            "stream", "now", "context",
+        ]
+    )]
     pub request: Option<PathBuf>,
     /// The caller, such as `ApiKey::"key-ana-ml"` or `User::"ana"`
     #[arg(long, required_unless_present = "request")]
     pub principal: Option<String>,
-    /// The action id, such as `chat` or `embeddings`
-    #[arg(long, default_value = "chat")]
-    pub action: String,
+    /// The action id, such as `chat` or `embeddings` [default: chat]
+    #[arg(long, conflicts_with = "request")]
+    pub action: Option<String>,
     /// The model id, such as `mistral-small-latest`
     #[arg(long, conflicts_with = "resource")]
     pub model: Option<String>,
@@ -105,6 +111,14 @@ pub fn run(args: &CheckArgs) -> u8 {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => {
                 let request = CheckRequest::from_json(&text);
+                if let Err(error) = &request {
+                    eprintln!("error: in request file `{}`:", path.display());
+                    if text.lines().filter(|line| !line.trim().is_empty()).count() > 1
+                        && matches!(error, RequestError::InvalidJson(_))
+                    {
+                        eprintln!("  = note: a file of one request per line is read with `modelgate check - < FILE`");
+                    }
+                }
                 answer_one(&engine, usage.as_ref(), request, args.format)
             }
             Err(error) => {
@@ -133,12 +147,14 @@ fn diagnostic_format(format: Format) -> Format {
 
 fn request_from_flags(args: &CheckArgs) -> Result<CheckRequest, RequestError> {
     let principal = args.principal.as_deref().unwrap_or_default();
+    let action = args.action.as_deref().unwrap_or("chat");
     let mut request = match (&args.model, &args.resource) {
-        (_, Some(resource)) => CheckRequest::new(principal, &args.action, resource)?,
-        (Some(model), None) => CheckRequest::for_model(principal, &args.action, model)?,
+        (_, Some(resource)) => CheckRequest::new(principal, action, resource)?,
+        (Some(model), None) => CheckRequest::for_model(principal, action, model)?,
         (None, None) => {
-            return Err(RequestError::InvalidJson(
-                "give `--model MODEL` (or `--resource` for actions on other entities)".to_string(),
+            return Err(RequestError::Incomplete(
+                "missing `--model MODEL` (or `--resource` for actions on other entities)"
+                    .to_string(),
             ))
         }
     };
@@ -210,6 +226,7 @@ fn answer_one(
 /// makes the exit code `ERROR`, but the following lines are still decided.
 fn run_batch(engine: &Engine, usage: Option<&UsageView>, format: Format) -> u8 {
     let mut worst = exit::OK;
+    let mut answered = 0;
     let stdin = io::stdin();
     for (index, line) in stdin.lock().lines().enumerate() {
         let line_number = index + 1;
@@ -238,7 +255,13 @@ fn run_batch(engine: &Engine, usage: Option<&UsageView>, format: Format) -> u8 {
             Err(error) => report_request_error(&error, format, Some(line_number)),
         };
         worst = worst.max(code);
+        answered += 1;
         let _ = io::stdout().flush();
+    }
+    if answered == 0 {
+        eprintln!("error: no request was read from standard input");
+        eprintln!("  = help: send one JSON request per line");
+        return exit::ERROR;
     }
     worst
 }
