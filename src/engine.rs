@@ -19,6 +19,7 @@ use crate::quota::{
     Prices, QuotaError, ReservationId, ScopeKind, Scopes, UsageView, COUNTER_MAX,
 };
 use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
+use crate::slice::UsageNeeds;
 use crate::snapshot::{LoadError, Snapshot};
 
 /// The rule for a policy that fails to evaluate (for example an integer overflow or a missing
@@ -548,8 +549,19 @@ impl Engine {
     ) -> Result<Decision, RequestError> {
         let now = format_millis(prepared.now_millis);
         let cost = prepared.estimate.cost_micro_usd;
+        let entities = prepared.entities.as_ref().unwrap_or(base);
+        let slice = self.options.policy_slicing.then(|| {
+            snapshot.index.slice(
+                &request.principal,
+                &request.action,
+                &request.resource,
+                entities,
+            )
+        });
+        let needs = slice.as_ref().map_or(UsageNeeds::ALL, |slice| slice.usage);
         let cedar_request = if prepared.fast_path {
-            let context = standard_context(prepared.shape, &request.facts, &now, cost, usage)?;
+            let context =
+                standard_context(prepared.shape, &request.facts, &now, cost, usage, needs)?;
             Request::new(
                 request.principal.clone(),
                 request.action.clone(),
@@ -569,20 +581,12 @@ impl Engine {
         }
         .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
 
-        let entities = prepared.entities.as_ref().unwrap_or(base);
-        let response = if self.options.policy_slicing {
-            let slice = snapshot.index.slice(
-                &request.principal,
-                &request.action,
-                &request.resource,
-                entities,
-            );
-            self.authorizer
-                .is_authorized(&cedar_request, &slice, entities)
-        } else {
-            self.authorizer
-                .is_authorized(&cedar_request, &snapshot.policies, entities)
-        };
+        let policies = slice
+            .as_ref()
+            .map_or(&snapshot.policies, |slice| slice.policies.as_ref());
+        let response = self
+            .authorizer
+            .is_authorized(&cedar_request, policies, entities);
         let mut decision = self.decide(snapshot, request, entities, &response);
         decision.retry_after_secs = retry_after(&decision, prepared.now_millis);
         Ok(decision)
@@ -892,6 +896,7 @@ pub(crate) fn standard_context(
     now: &str,
     estimated_cost_micro_usd: u64,
     usage: &UsageView,
+    needs: UsageNeeds,
 ) -> Result<Context, RequestError> {
     let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
     let mut facts_pairs = vec![
@@ -926,7 +931,7 @@ pub(crate) fn standard_context(
     ];
     if shape == ContextShape::Quota {
         let usage_record = usage
-            .context_record()
+            .context_record(needs)
             .map_err(RequestError::SchemaMismatch)?;
         pairs.push(("usage".to_string(), usage_record));
     }

@@ -11,10 +11,109 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+use crate::quota::{ScopeKind, Window};
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
+
+/// The usage counters (scope and window pairs) that a set of policies reads from
+/// `context.usage`, as a bit set: bit `scope * 4 + window` in the order of
+/// [`ScopeKind::ALL`] and [`Window::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct UsageNeeds(u32);
+
+impl UsageNeeds {
+    /// Every scope and window.
+    pub(crate) const ALL: UsageNeeds =
+        UsageNeeds((1 << (ScopeKind::ALL.len() * Window::ALL.len())) - 1);
+
+    /// Returns whether the counters of `scope` in `window` are needed.
+    pub(crate) fn contains(self, scope: ScopeKind, window: Window) -> bool {
+        self.0 & Self::bit(scope, window) != 0
+    }
+
+    /// Returns whether no counter is needed.
+    #[cfg(test)]
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn bit(scope: ScopeKind, window: Window) -> u32 {
+        let scope_index = ScopeKind::ALL.iter().position(|s| *s == scope).unwrap_or(0);
+        let window_index = Window::ALL.iter().position(|w| *w == window).unwrap_or(0);
+        1 << (scope_index * Window::ALL.len() + window_index)
+    }
+
+    fn union(self, other: UsageNeeds) -> UsageNeeds {
+        UsageNeeds(self.0 | other.0)
+    }
+
+    /// Finds the `usage.SCOPE.WINDOW` paths in Cedar policy text, skipping comments and
+    /// string literals. Any other use of an identifier `usage` (the whole record, `has`, an
+    /// unknown name) needs every counter, so the result never leaves out a counter that the
+    /// policy reads.
+    pub(crate) fn of_policy_text(text: &str) -> UsageNeeds {
+        let bytes = text.as_bytes();
+        let mut needs = UsageNeeds::default();
+        let mut i = 0;
+        while let Some(&byte) = bytes.get(i) {
+            match byte {
+                b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                    while bytes.get(i).is_some_and(|b| *b != b'\n') {
+                        i += 1;
+                    }
+                }
+                b'"' => {
+                    i += 1;
+                    while let Some(&b) = bytes.get(i) {
+                        i += if b == b'\\' { 2 } else { 1 };
+                        if b == b'"' {
+                            break;
+                        }
+                    }
+                }
+                b if b.is_ascii_alphabetic() || b == b'_' => {
+                    let start = i;
+                    while bytes
+                        .get(i)
+                        .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                    {
+                        i += 1;
+                    }
+                    if text.get(start..i) == Some("usage") {
+                        let path = usage_path(text, i);
+                        needs = needs.union(path.unwrap_or(UsageNeeds::ALL));
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        needs
+    }
+}
+
+/// Reads `.SCOPE.WINDOW` after an identifier `usage` that ends at `from`.
+fn usage_path(text: &str, from: usize) -> Option<UsageNeeds> {
+    let mut parts = text.get(from..)?.splitn(3, '.');
+    let before = parts.next()?;
+    if !before.trim().is_empty() {
+        return None;
+    }
+    let scope_name = parts.next()?.trim();
+    let rest = parts.next()?;
+    let window_name: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let scope = ScopeKind::ALL
+        .into_iter()
+        .find(|s| s.name() == scope_name)?;
+    let window = Window::ALL.into_iter().find(|w| w.name() == window_name)?;
+    Some(UsageNeeds(UsageNeeds::bit(scope, window)))
+}
 
 /// Slices cached per index before the cache is emptied and starts again. Each slice holds
 /// clones of its policies, so the bound keeps memory proportional to the policy set.
@@ -103,6 +202,7 @@ struct Scope {
 pub(crate) struct PolicyIndex {
     policies: Vec<Policy>,
     scopes: Vec<Scope>,
+    needs: Vec<UsageNeeds>,
     /// Policies whose principal scope names an entity (`==`, `in`, `is ... in`), by that entity.
     by_principal: HashMap<EntityUid, Vec<u32>>,
     /// Policies whose principal scope is `is T`, by `T`.
@@ -111,7 +211,14 @@ pub(crate) struct PolicyIndex {
     open_principal_by_action: HashMap<EntityUid, Vec<u32>>,
     /// Policies with an unconstrained principal and action.
     open_principal_any_action: Vec<u32>,
-    cache: ArcSwap<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+    cache: ArcSwap<HashMap<Box<[u32]>, Slice>>,
+}
+
+/// The policies to evaluate for one shape of request, and the usage counters they read.
+#[derive(Debug, Clone)]
+pub(crate) struct Slice {
+    pub policies: Arc<PolicySet>,
+    pub usage: UsageNeeds,
 }
 
 impl PolicyIndex {
@@ -120,6 +227,7 @@ impl PolicyIndex {
         let mut index = Self {
             policies: Vec::new(),
             scopes: Vec::new(),
+            needs: Vec::new(),
             by_principal: HashMap::new(),
             by_principal_type: HashMap::new(),
             open_principal_by_action: HashMap::new(),
@@ -178,6 +286,8 @@ impl PolicyIndex {
                 }
             },
         }
+        self.needs
+            .push(UsageNeeds::of_policy_text(&policy.to_string()));
         self.policies.push(policy);
         self.scopes.push(scope);
     }
@@ -191,17 +301,22 @@ impl PolicyIndex {
         action: &EntityUid,
         resource: &EntityUid,
         entities: &Entities,
-    ) -> Arc<PolicySet> {
+    ) -> Slice {
         let candidates = self.candidates(principal, action, resource, entities);
         if let Some(found) = self.cache.load().get(candidates.as_slice()) {
-            return Arc::clone(found);
+            return found.clone();
         }
         let selected = candidates
             .iter()
             .filter_map(|number| self.policies.get(*number as usize).cloned());
         // INVARIANT: the policies come from a valid set with unique ids, so building a subset
         // cannot fail; an empty set would deny, never allow.
-        let slice = Arc::new(PolicySet::from_policies(selected).unwrap_or_default());
+        let policies = Arc::new(PolicySet::from_policies(selected).unwrap_or_default());
+        let usage = candidates
+            .iter()
+            .filter_map(|number| self.needs.get(*number as usize))
+            .fold(UsageNeeds::default(), |all, needs| all.union(*needs));
+        let slice = Slice { policies, usage };
         let key: Box<[u32]> = candidates.into_boxed_slice();
         self.cache.rcu(|cache| {
             let mut next = if cache.len() >= MAX_CACHED_SLICES {
@@ -209,7 +324,7 @@ impl PolicyIndex {
             } else {
                 HashMap::clone(cache)
             };
-            next.insert(key.clone(), Arc::clone(&slice));
+            next.insert(key.clone(), slice.clone());
             next
         });
         slice
@@ -254,5 +369,39 @@ impl PolicyIndex {
             })
         });
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_paths_are_found() {
+        let needs = UsageNeeds::of_policy_text(
+            "forbid (principal, action, resource) when { context.usage.user.day.tokens + \
+             context.usage . workspace . minute.requests > 5 }; // usage of all",
+        );
+        assert!(needs.contains(ScopeKind::User, Window::Day));
+        assert!(needs.contains(ScopeKind::Workspace, Window::Minute));
+        assert!(!needs.contains(ScopeKind::Key, Window::Day));
+        assert!(!needs.contains(ScopeKind::User, Window::Month));
+    }
+
+    #[test]
+    fn other_uses_of_usage_need_everything() {
+        for text in [
+            "permit (principal, action, resource) when { context has usage };",
+            "permit (principal, action, resource) when { context.usage.user == {} };",
+            "permit (principal, action, resource) when { context.usage.user.year.tokens > 1 };",
+        ] {
+            assert_eq!(UsageNeeds::of_policy_text(text), UsageNeeds::ALL, "{text}");
+        }
+    }
+
+    #[test]
+    fn strings_and_comments_need_nothing() {
+        let text = "// context.usage is not read\npermit (principal, action, resource) when { \"usage\" == \"usage\" };";
+        assert!(UsageNeeds::of_policy_text(text).is_empty());
     }
 }

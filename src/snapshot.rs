@@ -108,6 +108,7 @@ fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
                         "1970-01-01T00:00:00.000Z",
                         0,
                         &crate::quota::UsageView::default(),
+                        crate::slice::UsageNeeds::ALL,
                     )
                     .ok()
                     .is_some_and(|context: Context| {

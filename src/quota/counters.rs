@@ -121,16 +121,28 @@ impl UsageView {
         }
     }
 
-    /// Builds the `context.usage` record.
-    pub(crate) fn context_record(&self) -> Result<RestrictedExpression, String> {
+    /// Builds the `context.usage` record with the counters in `needs`; the others are left
+    /// out, because converting every counter into a Cedar value costs more than the rest of
+    /// a check. A policy that reads a left-out counter fails to evaluate, and the engine
+    /// denies.
+    pub(crate) fn context_record(
+        &self,
+        needs: crate::slice::UsageNeeds,
+    ) -> Result<RestrictedExpression, String> {
         let mut scopes = Vec::with_capacity(ScopeKind::ALL.len());
         for scope in ScopeKind::ALL {
             let mut windows = Vec::with_capacity(Window::ALL.len());
             for window in Window::ALL {
+                if !needs.contains(scope, window) {
+                    continue;
+                }
                 windows.push((
                     window.name().to_string(),
                     self.get(scope, window).to_expression()?,
                 ));
+            }
+            if windows.is_empty() {
+                continue;
             }
             let record =
                 RestrictedExpression::new_record(windows).map_err(|error| error.to_string())?;
