@@ -72,6 +72,12 @@ pub(crate) struct Parsed {
     pub entities: Entities,
     pub sources: Vec<SourceFile>,
     pub fingerprint: String,
+    /// False when some file failed to load: the set holds only what did load, which is
+    /// enough to validate and lint it in the same run, but never to serve decisions.
+    pub complete: bool,
+    /// False when the entity files failed to load and `entities` holds only the schema's
+    /// action entities, so lints about unknown entities would be wrong.
+    pub entities_complete: bool,
 }
 
 /// Reads and parses all sources, collecting every problem rather than stopping at the first.
@@ -95,13 +101,18 @@ pub(crate) fn parse_all(options: &LoadOptions) -> (Option<Parsed>, Vec<Diagnosti
         "parsed policy set sources"
     );
 
-    if diagnostics.iter().any(Diagnostic::is_error) {
+    let complete = !diagnostics.iter().any(Diagnostic::is_error);
+    // Without a schema nothing can be validated; without any policy there is nothing to lint.
+    let (Some(schema), Some((policies, policy_refs, policy_spans))) = (schema, policies) else {
         return (None, diagnostics);
-    }
-    let (Some(schema), Some((policies, policy_refs, policy_spans)), Some(entities)) =
-        (schema, policies, entities)
-    else {
-        return (None, diagnostics);
+    };
+    let entities_complete = entities.is_some();
+    let entities = match entities {
+        Some(entities) => entities,
+        None => match schema.action_entities() {
+            Ok(actions) => actions,
+            Err(_) => return (None, diagnostics),
+        },
     };
     let fingerprint = fingerprint(&sources);
     let parsed = Parsed {
@@ -112,6 +123,8 @@ pub(crate) fn parse_all(options: &LoadOptions) -> (Option<Parsed>, Vec<Diagnosti
         entities,
         sources,
         fingerprint,
+        complete,
+        entities_complete,
     };
     (Some(parsed), diagnostics)
 }
@@ -321,7 +334,12 @@ fn load_policies(
         );
         return None;
     }
-    ok.then_some((set, refs, spans))
+    // Policies from the files that parsed are kept even when another file failed, so that
+    // validation still reports their problems in the same run.
+    if !ok && refs.is_empty() {
+        return None;
+    }
+    Some((set, refs, spans))
 }
 
 /// Parses one policy file and adds its policies to `set` under their `@id`.

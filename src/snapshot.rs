@@ -172,7 +172,7 @@ impl Snapshot {
     /// ```
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
         let (parsed, mut diagnostics) = parse_all(options);
-        let Some(parsed) = parsed else {
+        let Some(parsed) = parsed.filter(|parsed| parsed.complete) else {
             sort_diagnostics(&mut diagnostics);
             return Err(LoadError { diagnostics });
         };

@@ -195,7 +195,7 @@ fn lints(parsed: &Parsed) -> Vec<Diagnostic> {
             else {
                 continue;
             };
-            if parsed.entities.get(&uid).is_some() {
+            if !parsed.entities_complete || parsed.entities.get(&uid).is_some() {
                 continue;
             }
             let needle = quote(&entity_id);

@@ -140,3 +140,20 @@ fn lints_in_github_format() {
     let run = validate("lints", "github");
     insta::assert_snapshot!(run.transcript());
 }
+
+#[test]
+fn syntax_error_does_not_hide_type_errors() {
+    let run = validate("mixed", "human");
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("mixed/policies/a-syntax.cedar:3:27"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("mixed/policies/b-types.cedar:5:39"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("2 errors"), "{}", run.stdout);
+}
