@@ -18,20 +18,38 @@ use cedar_policy::{
     ResourceConstraint,
 };
 
-/// The usage counters (scope and window pairs) that a set of policies reads from
-/// `context.usage`, as a bit set: bit `scope * 4 + window` in the order of
-/// [`ScopeKind::ALL`] and [`Window::ALL`].
+/// The usage counters that a set of policies reads from `context.usage`, as a bit set
+/// with one bit per scope, window and counter, in the order of [`ScopeKind::ALL`],
+/// [`Window::ALL`] and [`USAGE_COUNTERS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct UsageNeeds(u32);
+pub(crate) struct UsageNeeds(u128);
+
+/// The counters of one usage window, as policies name them.
+pub(crate) const USAGE_COUNTERS: [&str; 5] = [
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "tokens",
+    "cost_micro_usd",
+];
 
 impl UsageNeeds {
-    /// Every scope and window.
-    pub(crate) const ALL: UsageNeeds =
-        UsageNeeds((1 << (ScopeKind::ALL.len() * Window::ALL.len())) - 1);
+    /// Every counter of every scope and window.
+    pub(crate) const ALL: UsageNeeds = UsageNeeds(
+        (1u128 << (ScopeKind::ALL.len() * Window::ALL.len() * USAGE_COUNTERS.len())) - 1,
+    );
 
-    /// Returns whether the counters of `scope` in `window` are needed.
-    pub(crate) fn contains(self, scope: ScopeKind, window: Window) -> bool {
-        self.0 & Self::bit(scope, window) != 0
+    /// Returns whether `counter` of `scope` in `window` is needed.
+    pub(crate) fn contains(self, scope: ScopeKind, window: Window, counter: &str) -> bool {
+        let Some(counter_index) = USAGE_COUNTERS.iter().position(|c| *c == counter) else {
+            return false;
+        };
+        self.0 & Self::bit(scope, window, counter_index) != 0
+    }
+
+    /// Returns whether any counter of `scope` in `window` is needed.
+    pub(crate) fn contains_window(self, scope: ScopeKind, window: Window) -> bool {
+        (0..USAGE_COUNTERS.len()).any(|index| self.0 & Self::bit(scope, window, index) != 0)
     }
 
     /// Returns whether no counter is needed.
@@ -40,18 +58,19 @@ impl UsageNeeds {
         self.0 == 0
     }
 
-    fn bit(scope: ScopeKind, window: Window) -> u32 {
+    fn bit(scope: ScopeKind, window: Window, counter_index: usize) -> u128 {
         let scope_index = ScopeKind::ALL.iter().position(|s| *s == scope).unwrap_or(0);
         let window_index = Window::ALL.iter().position(|w| *w == window).unwrap_or(0);
-        1 << (scope_index * Window::ALL.len() + window_index)
+        let window_number = scope_index * Window::ALL.len() + window_index;
+        1 << (window_number * USAGE_COUNTERS.len() + counter_index)
     }
 
     fn union(self, other: UsageNeeds) -> UsageNeeds {
         UsageNeeds(self.0 | other.0)
     }
 
-    /// Finds the `usage.SCOPE.WINDOW` paths in Cedar policy text, skipping comments and
-    /// string literals. Any other use of an identifier `usage` (the whole record, `has`, an
+    /// Finds the `usage.SCOPE.WINDOW.COUNTER` paths in Cedar policy text, skipping comments
+    /// and string literals. Any other use of an identifier `usage` (a whole record, `has`, an
     /// unknown name) needs every counter, so the result never leaves out a counter that the
     /// policy reads.
     pub(crate) fn of_policy_text(text: &str) -> UsageNeeds {
@@ -94,25 +113,28 @@ impl UsageNeeds {
     }
 }
 
-/// Reads `.SCOPE.WINDOW` after an identifier `usage` that ends at `from`.
+/// Reads `.SCOPE.WINDOW.COUNTER` after an identifier `usage` that ends at `from`.
 fn usage_path(text: &str, from: usize) -> Option<UsageNeeds> {
-    let mut parts = text.get(from..)?.splitn(3, '.');
-    let before = parts.next()?;
-    if !before.trim().is_empty() {
-        return None;
+    let mut names = Vec::new();
+    let mut rest = text.get(from..)?;
+    for _ in 0..3 {
+        rest = rest.trim_start().strip_prefix('.')?.trim_start();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = rest.get(name.len()..)?;
+        names.push(name);
     }
-    let scope_name = parts.next()?.trim();
-    let rest = parts.next()?;
-    let window_name: String = rest
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
+    let [scope_name, window_name, counter_name] = names.as_slice() else {
+        return None;
+    };
     let scope = ScopeKind::ALL
         .into_iter()
         .find(|s| s.name() == scope_name)?;
     let window = Window::ALL.into_iter().find(|w| w.name() == window_name)?;
-    Some(UsageNeeds(UsageNeeds::bit(scope, window)))
+    let counter = USAGE_COUNTERS.iter().position(|c| c == counter_name)?;
+    Some(UsageNeeds(UsageNeeds::bit(scope, window, counter)))
 }
 
 /// Slices cached per index before the cache is emptied and starts again. Each slice holds
@@ -382,10 +404,11 @@ mod tests {
             "forbid (principal, action, resource) when { context.usage.user.day.tokens + \
              context.usage . workspace . minute.requests > 5 }; // usage of all",
         );
-        assert!(needs.contains(ScopeKind::User, Window::Day));
-        assert!(needs.contains(ScopeKind::Workspace, Window::Minute));
-        assert!(!needs.contains(ScopeKind::Key, Window::Day));
-        assert!(!needs.contains(ScopeKind::User, Window::Month));
+        assert!(needs.contains(ScopeKind::User, Window::Day, "tokens"));
+        assert!(!needs.contains(ScopeKind::User, Window::Day, "requests"));
+        assert!(needs.contains(ScopeKind::Workspace, Window::Minute, "requests"));
+        assert!(!needs.contains_window(ScopeKind::Key, Window::Day));
+        assert!(!needs.contains_window(ScopeKind::User, Window::Month));
     }
 
     #[test]
@@ -394,6 +417,7 @@ mod tests {
             "permit (principal, action, resource) when { context has usage };",
             "permit (principal, action, resource) when { context.usage.user == {} };",
             "permit (principal, action, resource) when { context.usage.user.year.tokens > 1 };",
+            "permit (principal, action, resource) when { context.usage.user.day == {} };",
         ] {
             assert_eq!(UsageNeeds::of_policy_text(text), UsageNeeds::ALL, "{text}");
         }

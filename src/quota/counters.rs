@@ -69,14 +69,20 @@ impl Counters {
             .max(self.cost_micro_usd)
     }
 
-    fn to_expression(self) -> Result<RestrictedExpression, String> {
-        RestrictedExpression::new_record([
-            ("requests".to_string(), long(self.requests)),
-            ("input_tokens".to_string(), long(self.input_tokens)),
-            ("output_tokens".to_string(), long(self.output_tokens)),
-            ("tokens".to_string(), long(self.tokens())),
-            ("cost_micro_usd".to_string(), long(self.cost_micro_usd)),
-        ])
+    /// Builds the record of the counters that `keep` accepts by name.
+    fn to_expression(self, keep: impl Fn(&str) -> bool) -> Result<RestrictedExpression, String> {
+        let all = [
+            ("requests", self.requests),
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+            ("tokens", self.tokens()),
+            ("cost_micro_usd", self.cost_micro_usd),
+        ];
+        RestrictedExpression::new_record(
+            all.into_iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(name, value)| (name.to_string(), long(value))),
+        )
         .map_err(|error| error.to_string())
     }
 }
@@ -133,13 +139,13 @@ impl UsageView {
         for scope in ScopeKind::ALL {
             let mut windows = Vec::with_capacity(Window::ALL.len());
             for window in Window::ALL {
-                if !needs.contains(scope, window) {
+                if !needs.contains_window(scope, window) {
                     continue;
                 }
-                windows.push((
-                    window.name().to_string(),
-                    self.get(scope, window).to_expression()?,
-                ));
+                let counters = self
+                    .get(scope, window)
+                    .to_expression(|counter| needs.contains(scope, window, counter))?;
+                windows.push((window.name().to_string(), counters));
             }
             if windows.is_empty() {
                 continue;
