@@ -137,7 +137,7 @@ fn usage_path(text: &str, from: usize) -> Option<UsageNeeds> {
     Some(UsageNeeds(UsageNeeds::bit(scope, window, counter)))
 }
 
-/// Slices cached per index before the cache is emptied and starts again. Each slice holds
+/// Slices cached per index before the cache is emptied and starts again. Each slice contains
 /// clones of its policies, so the bound keeps memory proportional to the policy set.
 const MAX_CACHED_SLICES: usize = 4096;
 
