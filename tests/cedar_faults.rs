@@ -7,6 +7,7 @@
 #![allow(
     clippy::expect_used,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "test helpers stop the test on a broken fixture"
 )]
 
@@ -90,9 +91,7 @@ fn sets_without_schema_are_refused() {
 
 #[test]
 fn in_on_string_fails_strict_validation() {
-    let error = load("in-on-string-with-schema")
-        .err()
-        .expect("strict validation rejects it");
+    let error = load("in-on-string-with-schema").expect_err("strict validation rejects it");
     let first = error.errors().next().expect("one error");
     assert_eq!(first.code, "validation");
     assert!(
