@@ -21,6 +21,7 @@ use crate::quota::{
 use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
 use crate::slice::UsageNeeds;
 use crate::snapshot::{LoadError, Snapshot};
+use crate::validate::ValidationCache;
 
 /// The rule for a policy that fails to evaluate (for example an integer overflow or a missing
 /// attribute). Cedar on its own skips such a policy, so an erroring `forbid` lets a `permit`
@@ -88,6 +89,9 @@ pub struct EngineStatus {
     pub policy_count: usize,
     /// Number of entities in use.
     pub entity_count: usize,
+    /// Number of policies that the last load or reload validated strictly; a reload
+    /// validates only the policy files that changed.
+    pub validated_policies: usize,
     /// The error of the last reload attempt, if it failed; cleared by a successful reload.
     pub last_error: Option<LoadError>,
 }
@@ -112,6 +116,8 @@ pub struct Engine {
     authorizer: Authorizer,
     /// Serializes reloads.
     reload_lock: Mutex<()>,
+    /// Validation results per policy file, so that a reload validates only changed files.
+    validation_cache: Mutex<ValidationCache>,
     reload_state: Mutex<Option<LoadError>>,
     meter: Meter,
 }
@@ -127,7 +133,8 @@ impl Engine {
         load_options: LoadOptions,
         options: EngineOptions,
     ) -> Result<Self, LoadError> {
-        let mut snapshot = Snapshot::load(&load_options)?;
+        let mut cache = ValidationCache::default();
+        let mut snapshot = Snapshot::load_with_cache(&load_options, &mut cache)?;
         snapshot.generation = 1;
         tracing::info!(
             generation = 1,
@@ -144,6 +151,7 @@ impl Engine {
             options,
             authorizer: Authorizer::new(),
             reload_lock: Mutex::new(()),
+            validation_cache: Mutex::new(cache),
             reload_state: Mutex::new(None),
             meter,
         })
@@ -194,8 +202,14 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let current = self.current.load_full();
-        let loaded = Snapshot::load(&self.load_options)
-            .and_then(|snapshot| check(&current, &snapshot).map(|publish| (snapshot, publish)));
+        let loaded = {
+            let mut cache = self
+                .validation_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Snapshot::load_with_cache(&self.load_options, &mut cache)
+        }
+        .and_then(|snapshot| check(&current, &snapshot).map(|publish| (snapshot, publish)));
         let mut state = self
             .reload_state
             .lock()
@@ -255,6 +269,11 @@ impl Engine {
             fingerprint: snapshot.fingerprint().to_string(),
             policy_count: snapshot.policy_count(),
             entity_count: snapshot.entity_count(),
+            validated_policies: self
+                .validation_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last_validated,
             last_error,
         }
     }

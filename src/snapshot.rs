@@ -14,7 +14,7 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::engine::ContextShape;
 use crate::load::{parse_all, LoadOptions};
 use crate::slice::PolicyIndex;
-use crate::validate::{sort_diagnostics, validate_parsed};
+use crate::validate::{sort_diagnostics, validate_parsed_with, ValidationCache};
 
 /// Loading a policy set failed; every problem found is kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,13 +171,22 @@ impl Snapshot {
     /// assert!(snapshot.policy_count() > 0);
     /// ```
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        Self::load_with_cache(options, &mut ValidationCache::default())
+    }
+
+    /// Loads like [`Snapshot::load`], but strictly validates only the policy files whose text
+    /// or schema changed since the load that filled `cache`.
+    pub(crate) fn load_with_cache(
+        options: &LoadOptions,
+        cache: &mut ValidationCache,
+    ) -> Result<Self, LoadError> {
         let (parsed, mut diagnostics) = parse_all(options);
         let Some(parsed) = parsed.filter(|parsed| parsed.complete) else {
             sort_diagnostics(&mut diagnostics);
             return Err(LoadError { diagnostics });
         };
         let started = std::time::Instant::now();
-        diagnostics.extend(validate_parsed(&parsed));
+        diagnostics.extend(validate_parsed_with(&parsed, cache));
         let validated = started.elapsed();
         sort_diagnostics(&mut diagnostics);
         if diagnostics.iter().any(Diagnostic::is_error) {

@@ -1,8 +1,10 @@
 //! Strict validation of a parsed policy set against its schema, plus review lints.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use cedar_policy::{EntityUid, PolicyId, ValidationMode, Validator};
+use cedar_policy::{EntityUid, PolicyId, PolicySet, ValidationMode, Validator};
 use serde_json::Value;
 
 use crate::decision::Effect;
@@ -68,9 +70,106 @@ pub(crate) fn sort_diagnostics(diagnostics: &mut [Diagnostic]) {
 
 /// Runs Cedar's strict validator and modelgate's lints over an already parsed set.
 pub(crate) fn validate_parsed(parsed: &Parsed) -> Vec<Diagnostic> {
+    validate_parsed_with(parsed, &mut ValidationCache::default())
+}
+
+/// Strict-validation results of policy files from earlier loads, so that a reload validates
+/// only the files that changed. Cedar validates each policy on its own against the schema, so
+/// a file whose text and schema are unchanged gives the same result. Problems across files
+/// (duplicate ids) are found by the loader, and the review lints always run in full.
+#[derive(Debug, Default)]
+pub(crate) struct ValidationCache {
+    files: HashMap<PathBuf, CachedFile>,
+    /// Number of policies strictly validated by the last load, for tests and logs.
+    pub(crate) last_validated: usize,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    text: Arc<str>,
+    schema: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Runs strict validation, reusing `cache` for files unchanged since an earlier load, then
+/// the review lints.
+pub(crate) fn validate_parsed_with(
+    parsed: &Parsed,
+    cache: &mut ValidationCache,
+) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
+    let schema_key: String = parsed
+        .sources
+        .iter()
+        .filter(|source| {
+            source
+                .path
+                .extension()
+                .is_some_and(|ext| ext == "cedarschema")
+        })
+        .map(|source| format!("{}\0{}\0", source.path.display(), source.text))
+        .collect();
+
+    // Group the policies by file.
+    let mut by_file: HashMap<usize, Vec<&PolicyId>> = HashMap::new();
+    for (id, (source_index, _, _)) in &parsed.policy_spans {
+        by_file.entry(*source_index).or_default().push(id);
+    }
     let validator = Validator::new(parsed.schema.clone());
-    let result = validator.validate(&parsed.policies, ValidationMode::Strict);
+    let mut validated = 0;
+    let mut next_files = HashMap::new();
+    for (source_index, ids) in by_file {
+        let Some(source) = parsed.sources.get(source_index) else {
+            continue;
+        };
+        let cached = cache
+            .files
+            .remove(&source.path)
+            .filter(|cached| cached.text == source.text && cached.schema == schema_key);
+        let file_diagnostics = match cached {
+            Some(cached) => cached.diagnostics,
+            None => {
+                validated += ids.len();
+                let policies = ids
+                    .iter()
+                    .filter_map(|id| parsed.policies.policy(id).cloned());
+                match PolicySet::from_policies(policies) {
+                    Ok(set) => validate_set(parsed, &validator, &set),
+                    // INVARIANT: the ids are unique within the full set, so a subset builds;
+                    // should it not, the whole set is validated instead.
+                    Err(_) => validate_set(parsed, &validator, &parsed.policies),
+                }
+            }
+        };
+        diagnostics.extend(file_diagnostics.iter().cloned());
+        next_files.insert(
+            source.path.clone(),
+            CachedFile {
+                text: Arc::clone(&source.text),
+                schema: schema_key.clone(),
+                diagnostics: file_diagnostics,
+            },
+        );
+    }
+    cache.files = next_files;
+    cache.last_validated = validated;
+    tracing::debug!(
+        policies = validated,
+        "strictly validated changed policy files"
+    );
+
+    let started = std::time::Instant::now();
+    diagnostics.extend(lints(parsed));
+    tracing::debug!(
+        lints_ms = started.elapsed().as_secs_f64() * 1e3,
+        "ran review lints"
+    );
+    diagnostics
+}
+
+fn validate_set(parsed: &Parsed, validator: &Validator, set: &PolicySet) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let result = validator.validate(set, ValidationMode::Strict);
     for error in result.validation_errors() {
         diagnostics.push(cedar_validation_diagnostic(
             parsed,
@@ -89,12 +188,6 @@ pub(crate) fn validate_parsed(parsed: &Parsed) -> Vec<Diagnostic> {
             warning,
         ));
     }
-    let started = std::time::Instant::now();
-    diagnostics.extend(lints(parsed));
-    tracing::debug!(
-        lints_ms = started.elapsed().as_secs_f64() * 1e3,
-        "ran review lints"
-    );
     diagnostics
 }
 

@@ -365,3 +365,62 @@ action chat appliesTo { principal: [User], resource: [Model], context: { region:
         .expect_err("context does not match the schema");
     assert!(matches!(error, RequestError::SchemaMismatch(_)), "{error}");
 }
+
+#[test]
+fn reload_validates_only_changed_files() {
+    let mut many = String::new();
+    for team in 0..50 {
+        many.push_str(&format!(
+            "@id(\"team-{team}\") @reason(\"team {team} may chat\")\npermit (principal in Team::\"team-{team}\", action == Action::\"chat\", resource);\n"
+        ));
+    }
+    let dir = policy_dir(&many, json!([user_in_team("u1", "team-3")]));
+    fs::write(
+        dir.path().join("extra.cedar"),
+        r#"@id("extra") @reason("u1 may embed") permit (principal == User::"u1", action == Action::"embeddings", resource);"#,
+    )
+    .expect("write");
+    let schema_dir = tempfile::tempdir().expect("temp dir");
+    let schema_text =
+        fs::read_to_string(shipped_schema().join("modelgate.cedarschema")).expect("schema");
+    fs::write(schema_dir.path().join("s.cedarschema"), &schema_text).expect("write schema");
+    let engine = Engine::load(LoadOptions::new(dir.path(), schema_dir.path())).expect("loads");
+    assert_eq!(engine.status().validated_policies, 51);
+
+    fs::write(
+        dir.path().join("extra.cedar"),
+        r#"@id("extra") @reason("u1 may moderate") permit (principal == User::"u1", action == Action::"moderation", resource);"#,
+    )
+    .expect("write");
+    assert_eq!(engine.reload().expect("reloads"), 2);
+    assert_eq!(engine.status().validated_policies, 1);
+    assert_eq!(engine.status().policy_count, 51);
+    assert!(engine
+        .check(&chat("User::\"u1\"", 10))
+        .expect("decision")
+        .is_allowed());
+
+    // A changed file that no longer validates is caught, and the set in use stays.
+    fs::write(
+        dir.path().join("extra.cedar"),
+        r#"@id("extra") @reason("bad") permit (principal, action, resource) when { principal.nope };"#,
+    )
+    .expect("write");
+    let error = engine.reload().expect_err("validation error");
+    assert!(error.to_string().contains("extra.cedar"), "{error}");
+    assert_eq!(engine.status().generation, 2);
+
+    // A schema change validates every file again.
+    fs::write(
+        dir.path().join("extra.cedar"),
+        r#"@id("extra") @reason("u1 may moderate") permit (principal == User::"u1", action == Action::"moderation", resource);"#,
+    )
+    .expect("write");
+    fs::write(
+        schema_dir.path().join("s.cedarschema"),
+        schema_text + "\n// comment\n",
+    )
+    .expect("write");
+    assert_eq!(engine.reload().expect("reloads"), 3);
+    assert_eq!(engine.status().validated_policies, 51);
+}
