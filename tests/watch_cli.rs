@@ -15,28 +15,10 @@ use std::sync::mpsc;
 
 use support::{write_atomic, Fixture, TIMEOUT, V1, V2};
 
-/// Kills the child process when the test ends, also on failure.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[test]
-fn watch_prints_reloads_and_rejections() {
-    let fixture = Fixture::new(V1);
-    let child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
-        .arg("watch")
-        .arg("--policies")
-        .arg(&fixture.policies)
-        .arg("--schema")
-        .arg(&fixture.schema)
-        .arg("--entities")
-        .arg(&fixture.entities)
-        .args(["--debounce-ms", "100"])
+/// Starts `command` and returns its handle with a channel of its standard output lines, read
+/// on a thread so that a test can wait for a line with a timeout.
+fn spawn_with_lines(command: &mut Command) -> (Running, mpsc::Receiver<String>) {
+    let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,6 +34,33 @@ fn watch_prints_reloads_and_rejections() {
             }
         }
     });
+    (running, lines)
+}
+
+/// Kills the child process when the test ends, also on failure.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_prints_reloads_and_rejections() {
+    let fixture = Fixture::new(V1);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modelgate"));
+    command
+        .arg("watch")
+        .arg("--policies")
+        .arg(&fixture.policies)
+        .arg("--schema")
+        .arg(&fixture.schema)
+        .arg("--entities")
+        .arg(&fixture.entities)
+        .args(["--debounce-ms", "100"]);
+    let (_running, lines) = spawn_with_lines(&mut command);
     let next_line = || lines.recv_timeout(TIMEOUT).expect("no output line in time");
 
     let loaded = next_line();
@@ -98,25 +107,12 @@ fn watch_with_relative_paths_reloads() {
     for (from, to) in [("policies", "policies"), ("schema", "schema")] {
         copy_dir(&repository.join(from), &dir.path().join(to));
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_modelgate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modelgate"));
+    command
         .current_dir(dir.path())
         .args(["watch", "--policies", "policies", "--schema", "schema"])
-        .args(["--debounce-ms", "100"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut running = Running(child);
-    let stdout = running.0.stdout.take().unwrap();
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+        .args(["--debounce-ms", "100"]);
+    let (_running, lines) = spawn_with_lines(&mut command);
     let next_line = || lines.recv_timeout(TIMEOUT).expect("no output line in time");
 
     let loaded = next_line();
