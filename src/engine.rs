@@ -188,7 +188,7 @@ impl Engine {
     /// `check` returns `Ok(true)` to publish, or an error to reject the new snapshot like a
     /// load error. `Ok(false)` keeps the snapshot in use, for example because nothing
     /// changed, and clears the last reload error. Returns the generation in use
-    /// afterwards. Reloads are serialized, so `check` sees the snapshot that the new one
+    /// afterwards. Reloads are serialized, so `check` reads the snapshot that the new one
     /// replaces. An error is logged once: a failure with the same diagnostics as the
     /// previous one is logged at debug level only.
     pub fn reload_checked(
@@ -851,12 +851,15 @@ fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), Reques
     ] {
         if !snapshot.entity_type_names.contains(uid.type_name()) {
             let entity_type = uid.type_name().to_string();
+            let mut known: Vec<String> = snapshot
+                .entity_type_names
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            known.sort();
             return Err(RequestError::UnknownEntityType {
                 field,
-                suggestion: closest(
-                    &entity_type,
-                    snapshot.entity_types.iter().map(String::as_str),
-                ),
+                suggestion: closest(&entity_type, known.iter().map(String::as_str)),
                 entity_type,
             });
         }
@@ -879,7 +882,7 @@ fn check_applies_to(
         ("principal", &request.principal, &env.principals),
         ("resource", &request.resource, &env.resources),
     ] {
-        if !allowed.contains(&uid.type_name().clone()) {
+        if !allowed.contains(uid.type_name()) {
             let mut names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
             names.sort();
             return Err(RequestError::SchemaMismatch(format!(
@@ -893,11 +896,7 @@ fn check_applies_to(
     Ok(())
 }
 
-/// Builds the context that modelgate fills in itself: `now`, `request` and `usage`.
-// NOTE: the `usage` record (6 scopes x 4 windows x 5 counters) dominates the cost of a check:
-// building it and converting it into a Cedar context measured about 56 µs of a 98 µs check
-// on the shipped set (2 loaded cores, release build).
-/// Which of modelgate's own context attributes an action's declared context has, found by
+/// The set of modelgate's own context attributes an action's declared context has, found by
 /// trying each shape against the schema at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ContextShape {
@@ -909,6 +908,9 @@ pub(crate) enum ContextShape {
     Custom,
 }
 
+/// Builds the context that modelgate fills in itself: `now`, `request` and, for the `Quota`
+/// shape, the `usage` counters named by `needs`. Building all 120 counters took about 56 µs
+/// of a 98 µs check in one measurement, so callers pass only the counters their policies read.
 pub(crate) fn standard_context(
     shape: ContextShape,
     facts: &crate::request::RequestFacts,

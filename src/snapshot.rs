@@ -80,7 +80,7 @@ impl miette::Diagnostic for LoadError {
 pub(crate) struct ActionEnv {
     pub principals: HashSet<EntityTypeName>,
     pub resources: HashSet<EntityTypeName>,
-    /// Which of modelgate's context attributes the action declares. Requests for a `Custom`
+    /// The set of modelgate's context attributes that the action declares. Requests for a `Custom`
     /// action, and requests with extra context attributes, are validated by Cedar.
     pub shape: ContextShape,
 }
@@ -150,7 +150,6 @@ pub struct Snapshot {
     pub(crate) entities: Entities,
     pub(crate) sources: Vec<SourceFile>,
     pub(crate) action_ids: BTreeSet<String>,
-    pub(crate) entity_types: BTreeSet<String>,
     pub(crate) entity_type_names: HashSet<EntityTypeName>,
     pub(crate) action_envs: HashMap<EntityUid, ActionEnv>,
     pub(crate) index: PolicyIndex,
@@ -198,11 +197,6 @@ impl Snapshot {
             .actions()
             .map(|uid| uid.id().unescaped().to_string())
             .collect();
-        let entity_types = parsed
-            .schema
-            .entity_types()
-            .map(EntityTypeName::to_string)
-            .collect();
         let action_envs = action_envs(&parsed.schema);
         let index = PolicyIndex::new(&parsed.policies);
         tracing::debug!(
@@ -220,7 +214,6 @@ impl Snapshot {
             entities: parsed.entities,
             sources: parsed.sources,
             action_ids,
-            entity_types,
             entity_type_names,
             fingerprint: parsed.fingerprint,
             warnings: diagnostics,

@@ -12,7 +12,7 @@ use modelgate::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{exit, print_diagnostics, Format, SourceArgs};
+use super::{exit, load_engine, Format, SourceArgs};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -45,7 +45,7 @@ pub struct CheckArgs {
     /// The `max_tokens` the caller asks for
     #[arg(long, default_value_t = 0)]
     pub max_output_tokens: u64,
-    /// The caller asks for a streamed answer
+    /// The caller requests a streamed response
     #[arg(long)]
     pub stream: bool,
     /// Request time (RFC 3339) [default: now]
@@ -97,13 +97,9 @@ pub fn run(args: &CheckArgs) -> u8 {
             Err(code) => return code,
         }
     }
-    let engine = match Engine::with_options(args.sources.load_options(), options) {
+    let engine = match load_engine(&args.sources, options, diagnostic_format(args.format)) {
         Ok(engine) => engine,
-        Err(error) => {
-            print_diagnostics(error.diagnostics(), diagnostic_format(args.format));
-            eprintln!("error: {error}");
-            return exit::ERROR;
-        }
+        Err(code) => return code,
     };
 
     match &args.request {
@@ -222,8 +218,8 @@ fn answer_one(
     }
 }
 
-/// Reads one JSON request per line; a bad line is reported as a denial with its error and
-/// makes the exit code `ERROR`, but the following lines are still decided.
+/// Decides one JSON request per line of standard input. A bad line is reported as a denial
+/// with its error and makes the exit code `ERROR`, and the following lines are still decided.
 fn run_batch(engine: &Engine, usage: Option<&UsageView>, format: Format) -> u8 {
     let mut worst = exit::OK;
     let mut answered = 0;
@@ -273,7 +269,7 @@ fn print_decision(request: &CheckRequest, decision: &Decision, format: Format) {
     }
 }
 
-/// A malformed request is never evaluated; it is reported as a denial so that a script
+/// Reports a malformed request, which is never evaluated, as a denial, so that a script
 /// reading the output cannot mistake it for an allow.
 fn report_request_error(error: &RequestError, format: Format, line: Option<usize>) -> u8 {
     let help = miette::Diagnostic::help(error).map(|help| help.to_string());

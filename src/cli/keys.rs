@@ -2,10 +2,10 @@
 
 use clap::{Args, Subcommand};
 use modelgate::quota::{audit_keys, AuditOptions};
-use modelgate::{Engine, Ledger, RequestError};
+use modelgate::{EngineOptions, Ledger};
 
 use super::usage::LedgerArgs;
-use super::{exit, print_diagnostics, Format, SourceArgs};
+use super::{exit, load_engine, now_millis, Format, SourceArgs};
 
 #[derive(Debug, Args)]
 pub struct KeysArgs {
@@ -48,23 +48,13 @@ pub fn run(args: &KeysArgs) -> u8 {
 
 /// Exits with `OK` when no key needs attention and `NEGATIVE` when some does.
 fn run_audit(args: &AuditArgs) -> u8 {
-    let now_millis = match &args.now {
-        Some(text) => match modelgate::clock::parse_rfc3339_millis(text) {
-            Some(millis) => millis,
-            None => {
-                eprintln!("error: {}", RequestError::InvalidTime(text.clone()));
-                return exit::ERROR;
-            }
-        },
-        None => modelgate::Clock::now_millis(&modelgate::SystemClock),
+    let now_millis = match now_millis(args.now.as_deref()) {
+        Ok(millis) => millis,
+        Err(code) => return code,
     };
-    let engine = match Engine::load(args.sources.load_options()) {
+    let engine = match load_engine(&args.sources, EngineOptions::default(), Format::Human) {
         Ok(engine) => engine,
-        Err(error) => {
-            print_diagnostics(error.diagnostics(), Format::Human);
-            eprintln!("error: {error}");
-            return exit::ERROR;
-        }
+        Err(code) => return code,
     };
     let ledger = match args.ledger.open() {
         Ok(ledger) => ledger,

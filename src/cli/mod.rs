@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use modelgate::LoadOptions;
+use modelgate::{Clock, Engine, EngineOptions, LoadOptions, RequestError, SystemClock};
 
 /// Exit codes shared by all subcommands.
 pub mod exit {
     /// Success: allowed, valid, or every test passed.
     pub const OK: u8 = 0;
-    /// The command ran and the answer is negative: a denial, a validation problem, a test
+    /// The command ran and the result is negative: a denial, a validation problem, a test
     /// failure.
     pub const NEGATIVE: u8 = 1;
     /// The command could not do its job: bad arguments, unreadable or invalid input, a
@@ -53,7 +53,7 @@ enum Command {
     Keys(keys::KeysArgs),
 }
 
-/// Where the policy set is; shared by every subcommand that loads one.
+/// The locations of the policy set, shared by every subcommand that loads one.
 #[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
     /// Directory searched recursively for `.cedar` policy files
@@ -103,7 +103,7 @@ pub fn run() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Logs go to standard error, off unless `RUST_LOG` asks for them, so that they never mix
+/// Logs go to standard error, off unless `RUST_LOG` enables them, so that they never mix
 /// with results on standard output.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -112,6 +112,31 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Loads the policy set, or prints why it does not load and returns the exit code `ERROR`.
+pub fn load_engine(
+    sources: &SourceArgs,
+    options: EngineOptions,
+    format: Format,
+) -> Result<Engine, u8> {
+    Engine::with_options(sources.load_options(), options).map_err(|error| {
+        print_diagnostics(error.diagnostics(), format);
+        eprintln!("error: {error}");
+        exit::ERROR
+    })
+}
+
+/// Returns the time given by a `--now` option (RFC 3339), or the system clock's without one;
+/// an invalid time is printed and becomes the exit code `ERROR`.
+pub fn now_millis(now: Option<&str>) -> Result<i64, u8> {
+    match now {
+        Some(text) => modelgate::clock::parse_rfc3339_millis(text).ok_or_else(|| {
+            eprintln!("error: {}", RequestError::InvalidTime(text.to_string()));
+            exit::ERROR
+        }),
+        None => Ok(Clock::now_millis(&SystemClock)),
+    }
 }
 
 /// Prints load diagnostics to standard error in the chosen format.

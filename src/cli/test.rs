@@ -10,9 +10,9 @@ use modelgate::reload::{watch_roots, ChangeBatch, FileWatcher, WatchConfig, Watc
 use modelgate::testing::{
     self, HumanReporter, JsonReporter, JunitReporter, Reporter, RunOptions, Verdict,
 };
-use modelgate::Engine;
+use modelgate::EngineOptions;
 
-use super::{exit, print_diagnostics, Format, SourceArgs};
+use super::{exit, load_engine, Format, SourceArgs};
 
 #[derive(Debug, Args)]
 #[command(mut_arg("allow_empty", |arg| arg.help(
@@ -123,19 +123,17 @@ fn test_paths(args: &TestArgs) -> Vec<PathBuf> {
 }
 
 fn run_once(args: &TestArgs) -> u8 {
-    let engine = match Engine::load(args.sources.load_options()) {
+    let format = match args.format {
+        TestFormat::Human => Format::Human,
+        TestFormat::Json => Format::Json,
+    };
+    let engine = match load_engine(&args.sources, EngineOptions::default(), format) {
         Ok(engine) => engine,
-        Err(error) => {
-            let format = match args.format {
-                TestFormat::Human => Format::Human,
-                TestFormat::Json => Format::Json,
-            };
-            print_diagnostics(error.diagnostics(), format);
-            eprintln!("error: {error}");
+        Err(code) => {
             eprintln!(
                 "  = help: fix the policy set first; `modelgate validate` lists every problem"
             );
-            return exit::ERROR;
+            return code;
         }
     };
     let paths = test_paths(args);

@@ -13,7 +13,7 @@ use modelgate::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{exit, print_diagnostics, Format, SourceArgs};
+use super::{exit, load_engine, now_millis, Format, SourceArgs};
 
 #[derive(Debug, Args)]
 pub struct UsageArgs {
@@ -104,15 +104,9 @@ pub fn run(args: &UsageArgs) -> u8 {
 }
 
 fn run_show(args: &ShowArgs) -> u8 {
-    let now_millis = match &args.now {
-        Some(text) => match modelgate::clock::parse_rfc3339_millis(text) {
-            Some(millis) => millis,
-            None => {
-                eprintln!("error: {}", RequestError::InvalidTime(text.clone()));
-                return exit::ERROR;
-            }
-        },
-        None => modelgate::Clock::now_millis(&modelgate::SystemClock),
+    let now_millis = match now_millis(args.now.as_deref()) {
+        Ok(millis) => millis,
+        Err(code) => return code,
     };
     let scope_filter = match &args.scope {
         Some(text) => match normalize_entity(text) {
@@ -236,13 +230,9 @@ fn run_record(args: &RecordArgs) -> u8 {
         ledger: Arc::new(ledger),
         ..EngineOptions::default()
     };
-    let engine = match Engine::with_options(args.sources.load_options(), options) {
+    let engine = match load_engine(&args.sources, options, Format::Human) {
         Ok(engine) => engine,
-        Err(error) => {
-            print_diagnostics(error.diagnostics(), Format::Human);
-            eprintln!("error: {error}");
-            return exit::ERROR;
-        }
+        Err(code) => return code,
     };
 
     match &args.input {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use modelgate::reload::{LiveEngine, ReloadEvent, WatchConfig};
-use modelgate::Engine;
+use modelgate::EngineOptions;
 
-use super::{exit, print_diagnostics, Format, SourceArgs};
+use super::{exit, load_engine, print_diagnostics, Format, SourceArgs};
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -29,13 +29,9 @@ pub struct WatchArgs {
 
 pub fn run(args: &WatchArgs) -> u8 {
     let started = Instant::now();
-    let engine = match Engine::load(args.sources.load_options()) {
+    let engine = match load_engine(&args.sources, EngineOptions::default(), Format::Human) {
         Ok(engine) => engine,
-        Err(error) => {
-            print_diagnostics(error.diagnostics(), Format::Human);
-            eprintln!("error: {error}");
-            return exit::ERROR;
-        }
+        Err(code) => return code,
     };
     let status = engine.status();
     let mut out = io::stdout().lock();
