@@ -24,7 +24,7 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// The HTTP status a caller should answer a denial with, taken from a policy's `@status`
+/// The HTTP status a caller should return for a denial, taken from a policy's `@status`
 /// annotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
@@ -50,7 +50,7 @@ impl Status {
         }
     }
 
-    /// The numeric HTTP status code.
+    /// Returns the numeric HTTP status code.
     pub fn code(self) -> u16 {
         match self {
             Status::Unauthorized => 401,
@@ -103,7 +103,7 @@ impl fmt::Display for Effect {
     }
 }
 
-/// A policy that took part in a decision, with where it is written and what it says.
+/// A policy that took part in a decision, with its source location and annotations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyRef {
     /// The policy id: its `@id` annotation, or `FILE#N` for the N-th policy of a file without one.
@@ -136,7 +136,7 @@ pub struct EvaluationError {
     pub message: String,
 }
 
-/// Why a decision came out as it did.
+/// The kind of reason behind a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -152,7 +152,7 @@ pub enum Reason {
     UsageUnavailable,
 }
 
-/// The answer to one access check.
+/// The result of one access check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// Allow or deny.
@@ -184,7 +184,7 @@ impl Decision {
         self.decision == Outcome::Allow
     }
 
-    /// The ids of the determining policies, in the decision's order.
+    /// Returns the ids of the determining policies, in the decision's order.
     pub fn policy_ids(&self) -> Vec<&str> {
         self.policies
             .iter()

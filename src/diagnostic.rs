@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-/// How serious a [`Diagnostic`] is.
+/// The severity of a [`Diagnostic`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -42,12 +42,12 @@ pub struct Diagnostic {
     pub severity: Severity,
     /// Stable machine-readable kind, such as `policy-syntax` or `missing-id`.
     pub code: &'static str,
-    /// What is wrong, in one lowercase sentence without a final period.
+    /// The problem, in one lowercase sentence without a final period.
     pub message: String,
     /// The file the problem is in, as given to the loader.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// Where in `file` the problem starts.
+    /// The position in `file` where the problem starts.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// Length of the marked text in characters, on the first line.
@@ -56,7 +56,7 @@ pub struct Diagnostic {
     /// The text of the line at `location`, for rendering a snippet.
     #[serde(skip)]
     pub source_line: Option<String>,
-    /// What to do about it.
+    /// Advice on how to fix the problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
     /// The policy the problem belongs to, if any.

@@ -4,7 +4,7 @@
 //! Load a policy directory, its schema and its entity data once into an [`Engine`], then call
 //! [`Engine::check`] for each request. Every decision is a value that names the policies
 //! that decided it, with their file and line, their `@reason`, and the HTTP status
-//! (`@status`: 401, 403 or 429) a caller should answer a denial with.
+//! (`@status`: 401, 403 or 429) a caller should return for a denial.
 //!
 //! For token quotas, call [`Engine::check_and_reserve`] instead, then [`Engine::commit`] the
 //! usage the provider reports or [`Engine::release`] the reservation; see [`quota`].

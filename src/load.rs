@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::decision::{Effect, PolicyRef, Status};
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 
-/// Where a policy set lives on disk.
+/// The locations of a policy set on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Directory searched recursively for `.cedar` policy files.

@@ -19,7 +19,7 @@ pub struct RequestFacts {
     pub input_tokens: u64,
     /// The `max_tokens` the caller asks for.
     pub max_output_tokens: u64,
-    /// Whether the caller asks for a streamed answer.
+    /// Whether the caller requests a streamed response.
     pub stream: bool,
 }
 

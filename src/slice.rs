@@ -332,7 +332,7 @@ impl PolicyIndex {
             .iter()
             .filter_map(|number| self.policies.get(*number as usize).cloned());
         // INVARIANT: the policies come from a valid set with unique ids, so building a subset
-        // cannot fail; an empty set would deny, never allow.
+        // does not fail. If it did, the empty fallback would deny, never allow.
         let policies = Arc::new(PolicySet::from_policies(selected).unwrap_or_default());
         let usage = candidates
             .iter()

@@ -207,7 +207,7 @@ fn batch_mode_prints_one_decision_per_line() {
     ]
     .join("\n");
     let run = modelgate(&["check", "-", "--format", "json"], Some(&input));
-    // A malformed line makes the whole run an error, after every line was answered.
+    // A malformed line makes the whole run an error, after every line was decided.
     assert_eq!(run.code, 2);
     let lines: Vec<serde_json::Value> = run
         .stdout
@@ -306,4 +306,55 @@ fn request_file_conflicts_with_request_flags() {
     );
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
+}
+
+#[test]
+fn missing_model_is_an_incomplete_request() {
+    let run = check(&["--principal", "User::\"ana\""]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("incomplete request: missing `--model MODEL`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn request_file_error_names_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("requests.jsonl");
+    let line = r#"{"principal": "User::\"ana\"", "model": "mistral-small-latest"}"#;
+    std::fs::write(&path, format!("{line}\n{line}\n")).expect("write requests");
+    let run = modelgate(&["check", path.to_str().expect("utf-8 path")], None);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("in request file `"), "{}", run.stderr);
+    assert!(run.stderr.contains("requests.jsonl"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("modelgate check - < FILE"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn load_error_summary_names_the_location_once() {
+    let run = check(&[
+        "--policies",
+        "tests/fixtures/validate/syntax/policies",
+        "--principal",
+        "User::\"ada\"",
+        "--model",
+        "mistral-small-latest",
+    ]);
+    assert_eq!(run.code, 2);
+    let summary = run
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("error: cannot load"))
+        .expect("a summary line");
+    assert_eq!(
+        summary,
+        "error: cannot load the policy set: tests/fixtures/validate/syntax/policies/also-broken.cedar:5:39: unexpected token `}` (and 1 more error)"
+    );
 }

@@ -55,7 +55,7 @@ fn engine() -> Engine {
 }
 
 #[test]
-fn every_role_with_every_model_at_and_above_cap() {
+fn role_table_at_and_above_cap() {
     let engine = engine();
     let mut checked = 0;
     for (role, key, allowed_models, cap) in ROLES {

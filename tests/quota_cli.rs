@@ -12,8 +12,8 @@ use common::modelgate;
 
 const NOW: &str = "2026-12-04T12:00:00Z";
 
-/// The current time: commands prune windows older than their retention by the wall clock,
-/// so usage recorded at a fixed past time could be gone when these tests run.
+/// Returns the current time. Commands prune windows older than their retention by the wall
+/// clock, so usage recorded at a fixed past time could be gone when these tests run.
 fn wall_clock_now() -> String {
     modelgate::clock::format_millis(modelgate::Clock::now_millis(&modelgate::SystemClock))
 }

@@ -89,7 +89,7 @@ fn engine(dir: &Path, ledger: Arc<dyn Ledger>) -> Arc<Engine> {
     Arc::new(Engine::with_options(LoadOptions::new(dir, schema), options).expect("loads"))
 }
 
-/// A request for `tokens` tokens: a fifth input, the rest `max_tokens`.
+/// Builds a request for `tokens` tokens: a fifth as input, the rest as `max_tokens`.
 fn request(key: &str, tokens: u64) -> CheckRequest {
     CheckRequest::for_model(&format!("ApiKey::\"{key}\""), "chat", "m")
         .expect("valid request")

@@ -498,3 +498,21 @@ fn watch_reruns_after_test_file_change() {
         "no change line before the second run: {between:?}"
     );
 }
+
+#[test]
+fn invalid_case_usage_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("usage.test.json");
+    std::fs::write(
+        &file,
+        r#"{"name": "usage", "cases": [
+  {"name": "negative usage", "principal": "ApiKey::key-ana-ml", "model": "mistral-small-latest",
+   "usage": {"user": {"day": {"input_tokens": -1}}}, "expect": "allow"}
+]}"#,
+    )
+    .expect("write test file");
+    let run = modelgate(&["test", file.to_str().expect("utf-8 path")]);
+    assert_eq!(run.code, 2, "{}", run.transcript());
+    assert!(run.stderr.contains("invalid `usage`"), "{}", run.stderr);
+    assert!(run.stderr.contains("usage.test.json:2:"), "{}", run.stderr);
+}

@@ -126,8 +126,8 @@ fn watch_with_relative_paths_reloads() {
         "{reloaded}"
     );
 
-    // The first edit may land before the watch is in place and be found by the watcher's
-    // start-up check; the second one can only arrive as a file event.
+    // The first edit may land before the watch is in place, so the watcher's start-up check
+    // may be what finds it. The second edit can only arrive as a file event.
     write_atomic(&roles, &(text + "// edited again\n"));
     let reloaded = next_line();
     assert!(

@@ -127,10 +127,9 @@ impl UsageView {
         }
     }
 
-    /// Builds the `context.usage` record with the counters in `needs`; the others are left
-    /// out, because converting every counter into a Cedar value costs more than the rest of
-    /// a check. A policy that reads a left-out counter fails to evaluate, and the engine
-    /// denies.
+    /// Builds the `context.usage` record with the counters in `needs`. The others are left
+    /// out because converting every counter into a Cedar value costs more than the rest of a
+    /// check. A policy that reads a left-out counter fails to evaluate, so the engine denies.
     pub(crate) fn context_record(
         &self,
         needs: crate::slice::UsageNeeds,
