@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use cedar_policy::{
-    Authorizer, Context, Entities, EntityUid, PolicyId, Request, RestrictedExpression,
-};
-use serde_json::{json, Map, Value};
+use cedar_policy::{Authorizer, Entities, EntityUid, PolicyId, Request};
+use serde_json::Value;
 
 use crate::clock::{format_millis, parse_rfc3339_millis, Clock, SystemClock};
+use crate::context::{build_context, standard_context, ContextShape};
 use crate::decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason, Status};
 use crate::load::LoadOptions;
 use crate::quota::{
@@ -19,7 +18,7 @@ use crate::quota::{
     Prices, QuotaError, ReservationId, ScopeKind, Scopes, UsageView, COUNTER_MAX,
 };
 use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
-use crate::slice::UsageNeeds;
+use crate::slice::{ContextNeeds, Slice};
 use crate::snapshot::{LoadError, Snapshot};
 use crate::validate::ValidationCache;
 
@@ -324,15 +323,19 @@ impl Engine {
         usage: Option<&UsageView>,
     ) -> Result<Decision, RequestError> {
         let prepared = self.prepare(snapshot, request, base)?;
+        let slice = self.slice(snapshot, request, &prepared, base);
         if let Some(usage) = usage {
-            return self.evaluate(snapshot, request, &prepared, usage, base);
+            return self.evaluate(snapshot, request, &prepared, slice.as_ref(), usage, base);
         }
         let clock_millis = self.options.clock.now_millis();
+        let needs = slice
+            .as_ref()
+            .map_or(ContextNeeds::ALL, |slice| slice.needs);
         match self
             .meter
-            .view(&prepared.scopes, prepared.now_millis, clock_millis)
+            .view(&prepared.scopes, prepared.now_millis, clock_millis, needs)
         {
-            Ok(view) => self.evaluate(snapshot, request, &prepared, &view, base),
+            Ok(view) => self.evaluate(snapshot, request, &prepared, slice.as_ref(), &view, base),
             Err(error) => Ok(usage_unavailable(snapshot, &error)),
         }
     }
@@ -346,7 +349,15 @@ impl Engine {
     ) -> Result<Decision, RequestError> {
         let snapshot = self.current.load();
         let prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
-        self.evaluate(&snapshot, request, &prepared, usage, &snapshot.entities)
+        let slice = self.slice(&snapshot, request, &prepared, &snapshot.entities);
+        self.evaluate(
+            &snapshot,
+            request,
+            &prepared,
+            slice.as_ref(),
+            usage,
+            &snapshot.entities,
+        )
     }
 
     /// Decides one request and, when it is allowed, reserves its estimate (one request,
@@ -361,14 +372,18 @@ impl Engine {
     pub fn check_and_reserve(&self, request: &CheckRequest) -> Result<Admission, RequestError> {
         let snapshot = self.current.load();
         let prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
+        let slice = self.slice(&snapshot, request, &prepared, &snapshot.entities);
         let clock_millis = self.options.clock.now_millis();
 
         let mut state = self.meter.lock();
         state.expire_due(clock_millis);
+        // Every window is read, although the policies may need fewer: a reservation only
+        // adds to the windows that are in memory.
         let view = match state.view(
             self.meter.ledger().as_ref(),
             &prepared.scopes,
             prepared.now_millis,
+            ContextNeeds::ALL,
         ) {
             Ok(view) => view,
             Err(error) => {
@@ -378,7 +393,14 @@ impl Engine {
                 })
             }
         };
-        let decision = self.evaluate(&snapshot, request, &prepared, &view, &snapshot.entities)?;
+        let decision = self.evaluate(
+            &snapshot,
+            request,
+            &prepared,
+            slice.as_ref(),
+            &view,
+            &snapshot.entities,
+        )?;
         let reservation = decision.is_allowed().then(|| {
             let deadline = clock_millis.saturating_add(self.meter.reservation_ttl_millis());
             state.reserve(
@@ -452,7 +474,7 @@ impl Engine {
     pub fn usage(&self, principal: &EntityUid) -> Result<UsageView, crate::quota::LedgerError> {
         let scopes = self.scopes_of(principal);
         let now = self.options.clock.now_millis();
-        self.meter.view(&scopes, now, now)
+        self.meter.view(&scopes, now, now, ContextNeeds::ALL)
     }
 
     /// Returns the ledger.
@@ -557,30 +579,48 @@ impl Engine {
         })
     }
 
-    /// Evaluates a prepared request against the given usage.
-    fn evaluate(
+    /// Returns the policies to evaluate for a prepared request, or `None` to evaluate the
+    /// whole set when slicing is off.
+    fn slice(
         &self,
         snapshot: &Snapshot,
         request: &CheckRequest,
         prepared: &Prepared,
-        usage: &UsageView,
         base: &Entities,
-    ) -> Result<Decision, RequestError> {
-        let now = format_millis(prepared.now_millis);
-        let cost = prepared.estimate.cost_micro_usd;
+    ) -> Option<Slice> {
         let entities = prepared.entities.as_ref().unwrap_or(base);
-        let slice = self.options.policy_slicing.then(|| {
+        self.options.policy_slicing.then(|| {
             snapshot.index.slice(
                 &request.principal,
                 &request.action,
                 &request.resource,
                 entities,
             )
-        });
-        let needs = slice.as_ref().map_or(UsageNeeds::ALL, |slice| slice.usage);
+        })
+    }
+
+    /// Evaluates a prepared request against the given usage, on `slice` or on the whole set.
+    fn evaluate(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+        prepared: &Prepared,
+        slice: Option<&Slice>,
+        usage: &UsageView,
+        base: &Entities,
+    ) -> Result<Decision, RequestError> {
+        let cost = prepared.estimate.cost_micro_usd;
+        let entities = prepared.entities.as_ref().unwrap_or(base);
+        let needs = slice.map_or(ContextNeeds::ALL, |slice| slice.needs);
         let cedar_request = if prepared.fast_path {
-            let context =
-                standard_context(prepared.shape, &request.facts, &now, cost, usage, needs)?;
+            let context = standard_context(
+                prepared.shape,
+                &request.facts,
+                prepared.now_millis,
+                cost,
+                usage,
+                needs,
+            )?;
             Request::new(
                 request.principal.clone(),
                 request.action.clone(),
@@ -589,6 +629,7 @@ impl Engine {
                 None,
             )
         } else {
+            let now = format_millis(prepared.now_millis);
             let context = build_context(snapshot, request, prepared.shape, &now, cost, usage)?;
             Request::new(
                 request.principal.clone(),
@@ -600,9 +641,7 @@ impl Engine {
         }
         .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
 
-        let policies = slice
-            .as_ref()
-            .map_or(&snapshot.policies, |slice| slice.policies.as_ref());
+        let policies = slice.map_or(&snapshot.policies, |slice| slice.policies.as_ref());
         let response = self
             .authorizer
             .is_authorized(&cedar_request, policies, entities);
@@ -867,12 +906,6 @@ fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), Reques
     Ok(())
 }
 
-fn to_long(value: u64) -> i64 {
-    // INVARIANT: token counts and estimates were checked against `max_tokens` and
-    // COUNTER_MAX, far below `i64::MAX`.
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 /// Rejects a principal or resource type that the action does not apply to.
 fn check_applies_to(
     env: &crate::snapshot::ActionEnv,
@@ -894,118 +927,6 @@ fn check_applies_to(
         }
     }
     Ok(())
-}
-
-/// The set of modelgate's own context attributes an action's declared context has, found by
-/// trying each shape against the schema at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ContextShape {
-    /// `now`, `request` (with `estimated_cost_micro_usd`) and `usage`: the shipped schema.
-    Quota,
-    /// `now` and `request` without cost or usage: schemas written before quotas existed.
-    Basic,
-    /// Neither: the caller supplies the whole context, which Cedar validates.
-    Custom,
-}
-
-/// Builds the context that modelgate fills in itself: `now`, `request` and, for the `Quota`
-/// shape, the `usage` counters named by `needs`. Building all 120 counters took about 56 µs
-/// of a 98 µs check in one measurement, so callers pass only the counters their policies read.
-pub(crate) fn standard_context(
-    shape: ContextShape,
-    facts: &crate::request::RequestFacts,
-    now: &str,
-    estimated_cost_micro_usd: u64,
-    usage: &UsageView,
-    needs: UsageNeeds,
-) -> Result<Context, RequestError> {
-    let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
-    let mut facts_pairs = vec![
-        (
-            "input_tokens".to_string(),
-            RestrictedExpression::new_long(to_long(facts.input_tokens)),
-        ),
-        (
-            "max_output_tokens".to_string(),
-            RestrictedExpression::new_long(to_long(facts.max_output_tokens)),
-        ),
-        (
-            "total_tokens".to_string(),
-            RestrictedExpression::new_long(to_long(total)),
-        ),
-        (
-            "stream".to_string(),
-            RestrictedExpression::new_bool(facts.stream),
-        ),
-    ];
-    if shape == ContextShape::Quota {
-        facts_pairs.push((
-            "estimated_cost_micro_usd".to_string(),
-            RestrictedExpression::new_long(to_long(estimated_cost_micro_usd)),
-        ));
-    }
-    let request_record = RestrictedExpression::new_record(facts_pairs)
-        .map_err(|error| RequestError::SchemaMismatch(error.to_string()))?;
-    let mut pairs = vec![
-        ("now".to_string(), RestrictedExpression::new_datetime(now)),
-        ("request".to_string(), request_record),
-    ];
-    if shape == ContextShape::Quota {
-        let usage_record = usage
-            .context_record(needs)
-            .map_err(RequestError::SchemaMismatch)?;
-        pairs.push(("usage".to_string(), usage_record));
-    }
-    Context::from_pairs(pairs).map_err(|error| RequestError::SchemaMismatch(error.to_string()))
-}
-
-/// Builds the context with caller-supplied attributes, for validation by Cedar.
-fn build_context(
-    snapshot: &Snapshot,
-    request: &CheckRequest,
-    shape: ContextShape,
-    now: &str,
-    estimated_cost_micro_usd: u64,
-    usage: &UsageView,
-) -> Result<Context, RequestError> {
-    let facts = request.facts;
-    let total = facts.input_tokens.saturating_add(facts.max_output_tokens);
-    let mut record = Map::new();
-    if shape != ContextShape::Custom {
-        record.insert(
-            "now".to_string(),
-            json!({"__extn": {"fn": "datetime", "arg": now}}),
-        );
-        let mut request_facts = json!({
-            "input_tokens": facts.input_tokens,
-            "max_output_tokens": facts.max_output_tokens,
-            "total_tokens": total,
-            "stream": facts.stream,
-        });
-        if shape == ContextShape::Quota {
-            if let Some(facts) = request_facts.as_object_mut() {
-                facts.insert(
-                    "estimated_cost_micro_usd".to_string(),
-                    json!(estimated_cost_micro_usd),
-                );
-            }
-            record.insert("usage".to_string(), usage.context_json());
-        }
-        record.insert("request".to_string(), request_facts);
-    }
-    for (key, value) in &request.context {
-        if record.contains_key(key) {
-            return Err(RequestError::SchemaMismatch(format!(
-                "context attribute `{key}` is set by modelgate and cannot be given in the request"
-            )));
-        }
-        record.insert(key.clone(), value.clone());
-    }
-    Context::from_json_value(
-        Value::Object(record),
-        Some((&snapshot.schema, &request.action)),
-    )
-    .map_err(|error| RequestError::SchemaMismatch(error.to_string()))
 }
 
 /// Returns `base` with the request's inline entities added or replacing entities of the

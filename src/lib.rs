@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+mod context;
 pub mod decision;
 pub mod diagnostic;
 pub mod engine;

@@ -3,11 +3,12 @@
 //!
 //! A policy whose scope does not match a request is neither satisfied nor evaluated past its
 //! scope (Cedar evaluates the scope first and short-circuits), so leaving it out changes
-//! neither the decision, nor the determining policies, nor the errors. The index therefore
-//! only has to be exact in one direction: it may return a policy that does not match (Cedar
-//! then finds it unsatisfied), but it must never miss one that does.
+//! neither the decision, nor the determining policies, nor the errors. The slicer matches
+//! scopes exactly as Cedar does, in both directions: it never misses a matching policy, and
+//! it never returns one that does not match, because the policies it returns have their
+//! scope removed and Cedar no longer checks it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,11 +19,15 @@ use cedar_policy::{
     ResourceConstraint,
 };
 
-/// The usage counters that a set of policies reads from `context.usage`, as a bit set
-/// with one bit per scope, window and counter, in the order of [`ScopeKind::ALL`],
-/// [`Window::ALL`] and [`USAGE_COUNTERS`].
+/// The parts of the standard context that a set of policies reads: `context.now` and the
+/// usage counters of `context.usage`. A bit set with one bit per scope, window and counter,
+/// in the order of [`ScopeKind::ALL`], [`Window::ALL`] and [`USAGE_COUNTERS`], then one bit
+/// for `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct UsageNeeds(u128);
+pub(crate) struct ContextNeeds(u128);
+
+/// The number of usage counter bits in [`ContextNeeds`].
+const USAGE_BITS: usize = ScopeKind::ALL.len() * Window::ALL.len() * USAGE_COUNTERS.len();
 
 /// The counters of one usage window, as policies name them.
 pub(crate) const USAGE_COUNTERS: [&str; 5] = [
@@ -33,11 +38,17 @@ pub(crate) const USAGE_COUNTERS: [&str; 5] = [
     "cost_micro_usd",
 ];
 
-impl UsageNeeds {
-    /// Every counter of every scope and window.
-    pub(crate) const ALL: UsageNeeds = UsageNeeds(
-        (1u128 << (ScopeKind::ALL.len() * Window::ALL.len() * USAGE_COUNTERS.len())) - 1,
-    );
+impl ContextNeeds {
+    /// `now` and every counter of every scope and window.
+    pub(crate) const ALL: ContextNeeds = ContextNeeds((1u128 << (USAGE_BITS + 1)) - 1);
+
+    /// `context.now` alone.
+    const NOW: ContextNeeds = ContextNeeds(1u128 << USAGE_BITS);
+
+    /// Returns whether `context.now` is needed.
+    pub(crate) fn contains_now(self) -> bool {
+        self.0 & Self::NOW.0 != 0
+    }
 
     /// Returns whether `counter` of `scope` in `window` is needed.
     pub(crate) fn contains(self, scope: ScopeKind, window: Window, counter: &str) -> bool {
@@ -65,17 +76,18 @@ impl UsageNeeds {
         1 << (window_number * USAGE_COUNTERS.len() + counter_index)
     }
 
-    fn union(self, other: UsageNeeds) -> UsageNeeds {
-        UsageNeeds(self.0 | other.0)
+    fn union(self, other: ContextNeeds) -> ContextNeeds {
+        ContextNeeds(self.0 | other.0)
     }
 
-    /// Finds the `usage.SCOPE.WINDOW.COUNTER` paths in Cedar policy text, skipping comments
-    /// and string literals. Any other use of an identifier `usage` (a whole record, `has`, an
-    /// unknown name) needs every counter, so the result never leaves out a counter that the
-    /// policy reads.
-    pub(crate) fn of_policy_text(text: &str) -> UsageNeeds {
+    /// Finds the `usage.SCOPE.WINDOW.COUNTER` paths and the identifier `now` in Cedar policy
+    /// text, skipping comments and string literals. Any other use of an identifier `usage`
+    /// (a whole record, `has`, an unknown name), and any use of `context` not followed by
+    /// `.` (`context["now"]`, `context == ...`, `context has ...`), needs everything, so the
+    /// result never leaves out a part of the context that the policy reads.
+    pub(crate) fn of_policy_text(text: &str) -> ContextNeeds {
         let bytes = text.as_bytes();
-        let mut needs = UsageNeeds::default();
+        let mut needs = ContextNeeds::default();
         let mut i = 0;
         while let Some(&byte) = bytes.get(i) {
             match byte {
@@ -101,9 +113,20 @@ impl UsageNeeds {
                     {
                         i += 1;
                     }
-                    if text.get(start..i) == Some("usage") {
-                        let path = usage_path(text, i);
-                        needs = needs.union(path.unwrap_or(UsageNeeds::ALL));
+                    match text.get(start..i) {
+                        Some("usage") => {
+                            let path = usage_path(text, i);
+                            needs = needs.union(path.unwrap_or(ContextNeeds::ALL));
+                        }
+                        Some("now") => needs = needs.union(ContextNeeds::NOW),
+                        Some("context")
+                            if !text
+                                .get(i..)
+                                .is_some_and(|rest| rest.trim_start().starts_with('.')) =>
+                        {
+                            needs = ContextNeeds::ALL;
+                        }
+                        _ => {}
                     }
                 }
                 _ => i += 1,
@@ -114,7 +137,7 @@ impl UsageNeeds {
 }
 
 /// Reads `.SCOPE.WINDOW.COUNTER` after an identifier `usage` that ends at `from`.
-fn usage_path(text: &str, from: usize) -> Option<UsageNeeds> {
+fn usage_path(text: &str, from: usize) -> Option<ContextNeeds> {
     let mut names = Vec::new();
     let mut rest = text.get(from..)?;
     for _ in 0..3 {
@@ -134,7 +157,7 @@ fn usage_path(text: &str, from: usize) -> Option<UsageNeeds> {
         .find(|s| s.name() == scope_name)?;
     let window = Window::ALL.into_iter().find(|w| w.name() == window_name)?;
     let counter = USAGE_COUNTERS.iter().position(|c| c == counter_name)?;
-    Some(UsageNeeds(UsageNeeds::bit(scope, window, counter)))
+    Some(ContextNeeds(ContextNeeds::bit(scope, window, counter)))
 }
 
 /// Slices cached per index before the cache is emptied and starts again. Each slice contains
@@ -174,23 +197,17 @@ impl EntityScope {
 
     /// Applies Cedar's scope semantics: `in` is true for the entity itself and for every
     /// ancestor in the entity store.
-    fn matches(&self, uid: &EntityUid, entities: &Entities) -> bool {
+    fn matches(&self, entity: &Lineage<'_>) -> bool {
         match self {
             EntityScope::Any => true,
-            EntityScope::Eq(target) => uid == target,
-            EntityScope::In(target) => is_in(uid, target, entities),
-            EntityScope::Is(entity_type) => uid.type_name() == entity_type,
+            EntityScope::Eq(target) => entity.uid == target,
+            EntityScope::In(target) => entity.is_in(target),
+            EntityScope::Is(entity_type) => entity.uid.type_name() == entity_type,
             EntityScope::IsIn(entity_type, target) => {
-                uid.type_name() == entity_type && is_in(uid, target, entities)
+                entity.uid.type_name() == entity_type && entity.is_in(target)
             }
         }
     }
-}
-
-/// Cedar's `uid in target`: equal, or `target` is an ancestor of `uid` in the entity store.
-/// `Entities::is_ancestor_of` alone is false for an entity and itself.
-fn is_in(uid: &EntityUid, target: &EntityUid, entities: &Entities) -> bool {
-    uid == target || entities.is_ancestor_of(target, uid)
 }
 
 #[derive(Debug, Clone)]
@@ -201,13 +218,11 @@ enum ActionScope {
 }
 
 impl ActionScope {
-    fn matches(&self, action: &EntityUid, entities: &Entities) -> bool {
+    fn matches(&self, action: &Lineage<'_>) -> bool {
         match self {
             ActionScope::Any => true,
-            ActionScope::Eq(target) => action == target,
-            ActionScope::In(targets) => {
-                targets.iter().any(|target| is_in(action, target, entities))
-            }
+            ActionScope::Eq(target) => action.uid == target,
+            ActionScope::In(targets) => targets.iter().any(|target| action.is_in(target)),
         }
     }
 }
@@ -224,7 +239,7 @@ struct Scope {
 pub(crate) struct PolicyIndex {
     policies: Vec<Policy>,
     scopes: Vec<Scope>,
-    needs: Vec<UsageNeeds>,
+    needs: Vec<ContextNeeds>,
     /// Policies whose principal scope names an entity (`==`, `in`, `is ... in`), by that entity.
     by_principal: HashMap<EntityUid, Vec<u32>>,
     /// Policies whose principal scope is `is T`, by `T`.
@@ -240,7 +255,7 @@ pub(crate) struct PolicyIndex {
 #[derive(Debug, Clone)]
 pub(crate) struct Slice {
     pub policies: Arc<PolicySet>,
-    pub usage: UsageNeeds,
+    pub needs: ContextNeeds,
 }
 
 impl PolicyIndex {
@@ -309,7 +324,7 @@ impl PolicyIndex {
             },
         }
         self.needs
-            .push(UsageNeeds::of_policy_text(&policy.to_string()));
+            .push(ContextNeeds::of_policy_text(&policy.to_string()));
         self.policies.push(policy);
         self.scopes.push(scope);
     }
@@ -317,6 +332,10 @@ impl PolicyIndex {
     /// Returns the policies whose scope matches the request, as a policy set that Cedar can
     /// evaluate. Slices are cached by their content, so a repeated shape of request costs a
     /// few hash lookups.
+    ///
+    /// The policies in a slice have their scope removed (see [`without_scope`]): every one
+    /// of them matched the request's scope exactly, so Cedar would find the scope true and
+    /// only spend entity lookups on it.
     pub(crate) fn slice(
         &self,
         principal: &EntityUid,
@@ -328,17 +347,18 @@ impl PolicyIndex {
         if let Some(found) = self.cache.load().get(candidates.as_slice()) {
             return found.clone();
         }
-        let selected = candidates
-            .iter()
-            .filter_map(|number| self.policies.get(*number as usize).cloned());
+        let selected = candidates.iter().filter_map(|number| {
+            let policy = self.policies.get(*number as usize)?;
+            Some(without_scope(policy).unwrap_or_else(|| policy.clone()))
+        });
         // INVARIANT: the policies come from a valid set with unique ids, so building a subset
         // does not fail. If it did, the empty fallback would deny, never allow.
         let policies = Arc::new(PolicySet::from_policies(selected).unwrap_or_default());
-        let usage = candidates
+        let needs = candidates
             .iter()
             .filter_map(|number| self.needs.get(*number as usize))
-            .fold(UsageNeeds::default(), |all, needs| all.union(*needs));
-        let slice = Slice { policies, usage };
+            .fold(ContextNeeds::default(), |all, needs| all.union(*needs));
+        let slice = Slice { policies, needs };
         let key: Box<[u32]> = candidates.into_boxed_slice();
         self.cache.rcu(|cache| {
             let mut next = if cache.len() >= MAX_CACHED_SLICES {
@@ -352,7 +372,8 @@ impl PolicyIndex {
         slice
     }
 
-    /// Returns the sorted numbers of the policies whose whole scope matches the request.
+    /// Returns the sorted numbers of the policies whose whole scope matches the request,
+    /// exactly as Cedar evaluates a scope.
     fn candidates(
         &self,
         principal: &EntityUid,
@@ -360,24 +381,22 @@ impl PolicyIndex {
         resource: &EntityUid,
         entities: &Entities,
     ) -> Vec<u32> {
+        let principal = Lineage::of(principal, entities);
+        let action = Lineage::of(action, entities);
+        let resource = Lineage::of(resource, entities);
+
         let mut found: Vec<u32> = Vec::new();
         let mut extend = |numbers: Option<&Vec<u32>>| {
             if let Some(numbers) = numbers {
                 found.extend_from_slice(numbers);
             }
         };
-        extend(self.by_principal.get(principal));
-        if let Some(ancestors) = entities.ancestors(principal) {
-            for ancestor in ancestors {
-                extend(self.by_principal.get(ancestor));
-            }
+        for uid in principal.lineage() {
+            extend(self.by_principal.get(uid));
         }
-        extend(self.by_principal_type.get(principal.type_name()));
-        extend(self.open_principal_by_action.get(action));
-        if let Some(ancestors) = entities.ancestors(action) {
-            for ancestor in ancestors {
-                extend(self.open_principal_by_action.get(ancestor));
-            }
+        extend(self.by_principal_type.get(principal.uid.type_name()));
+        for uid in action.lineage() {
+            extend(self.open_principal_by_action.get(uid));
         }
         found.extend_from_slice(&self.open_principal_any_action);
 
@@ -385,13 +404,71 @@ impl PolicyIndex {
         found.dedup();
         found.retain(|number| {
             self.scopes.get(*number as usize).is_some_and(|scope| {
-                scope.principal.matches(principal, entities)
-                    && scope.action.matches(action, entities)
-                    && scope.resource.matches(resource, entities)
+                scope.principal.matches(&principal)
+                    && scope.action.matches(&action)
+                    && scope.resource.matches(&resource)
             })
         });
         found
     }
+}
+
+/// An entity of a request and its ancestors in the entity store, read once per request so
+/// that matching many scopes against it needs no further entity lookups.
+struct Lineage<'a> {
+    uid: &'a EntityUid,
+    ancestors: Vec<&'a EntityUid>,
+    /// The ancestors again, for entities with more than [`LINEAR_SEARCH_MAX`] of them.
+    ancestor_set: Option<HashSet<&'a EntityUid>>,
+}
+
+/// Up to this many ancestors, a linear search is faster than hashing an entity reference.
+const LINEAR_SEARCH_MAX: usize = 16;
+
+impl<'a> Lineage<'a> {
+    fn of(uid: &'a EntityUid, entities: &'a Entities) -> Self {
+        let ancestors: Vec<&EntityUid> = entities
+            .ancestors(uid)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let ancestor_set =
+            (ancestors.len() > LINEAR_SEARCH_MAX).then(|| ancestors.iter().copied().collect());
+        Self {
+            uid,
+            ancestors,
+            ancestor_set,
+        }
+    }
+
+    /// Returns the entity followed by its ancestors.
+    fn lineage(&self) -> impl Iterator<Item = &'a EntityUid> + '_ {
+        std::iter::once(self.uid).chain(self.ancestors.iter().copied())
+    }
+
+    /// Cedar's `uid in target`: equal, or `target` is an ancestor of `uid` in the entity store.
+    fn is_in(&self, target: &EntityUid) -> bool {
+        if self.uid == target {
+            return true;
+        }
+        match &self.ancestor_set {
+            Some(set) => set.contains(target),
+            None => self.ancestors.contains(&target),
+        }
+    }
+}
+
+/// Returns `policy` with an unconstrained scope (`principal, action, resource`) and the same
+/// id, effect, annotations and conditions, or `None` if Cedar cannot convert it.
+///
+/// For a request that matches the original scope, the two evaluate alike: Cedar evaluates
+/// the scope first, and a scope over entity references cannot fail to evaluate.
+fn without_scope(policy: &Policy) -> Option<Policy> {
+    let mut json = policy.to_json().ok()?;
+    let object = json.as_object_mut()?;
+    for part in ["principal", "action", "resource"] {
+        object.insert(part.to_string(), serde_json::json!({ "op": "All" }));
+    }
+    Policy::from_json(Some(policy.id().clone()), json).ok()
 }
 
 #[cfg(test)]
@@ -400,7 +477,7 @@ mod tests {
 
     #[test]
     fn usage_paths_are_found() {
-        let needs = UsageNeeds::of_policy_text(
+        let needs = ContextNeeds::of_policy_text(
             "forbid (principal, action, resource) when { context.usage.user.day.tokens + \
              context.usage . workspace . minute.requests > 5 }; // usage of all",
         );
@@ -419,13 +496,41 @@ mod tests {
             "permit (principal, action, resource) when { context.usage.user.year.tokens > 1 };",
             "permit (principal, action, resource) when { context.usage.user.day == {} };",
         ] {
-            assert_eq!(UsageNeeds::of_policy_text(text), UsageNeeds::ALL, "{text}");
+            assert_eq!(
+                ContextNeeds::of_policy_text(text),
+                ContextNeeds::ALL,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn now_is_found() {
+        let text =
+            "forbid (principal, action, resource) when { principal.expires_at <= context.now };";
+        let needs = ContextNeeds::of_policy_text(text);
+        assert!(needs.contains_now());
+        assert!(!needs.contains_window(ScopeKind::Key, Window::Day));
+
+        let text =
+            "permit (principal, action, resource) when { context.request.total_tokens < 5 };";
+        assert!(!ContextNeeds::of_policy_text(text).contains_now());
+    }
+
+    #[test]
+    fn whole_context_uses_need_everything() {
+        for text in [
+            "permit (principal, action, resource) when { context[\"now\"] < datetime(\"2026-01-01\") };",
+            "permit (principal, action, resource) when { context has \"now\" };",
+            "permit (principal, action, resource) when { context == {} };",
+        ] {
+            assert_eq!(ContextNeeds::of_policy_text(text), ContextNeeds::ALL, "{text}");
         }
     }
 
     #[test]
     fn strings_and_comments_need_nothing() {
         let text = "// context.usage is not read\npermit (principal, action, resource) when { \"usage\" == \"usage\" };";
-        assert!(UsageNeeds::of_policy_text(text).is_empty());
+        assert!(ContextNeeds::of_policy_text(text).is_empty());
     }
 }

@@ -9,9 +9,9 @@ use cedar_policy::{
     Context, Entities, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema,
 };
 
+use crate::context::ContextShape;
 use crate::decision::PolicyRef;
 use crate::diagnostic::{Diagnostic, SourceFile};
-use crate::engine::ContextShape;
 use crate::load::{parse_all, LoadOptions};
 use crate::slice::PolicyIndex;
 use crate::validate::{sort_diagnostics, validate_parsed_with, ValidationCache};
@@ -102,13 +102,13 @@ fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
                     EntityUid::from_type_name_and_id(entity_type.clone(), EntityId::new("probe"))
                 };
                 let fits = |shape: ContextShape| {
-                    crate::engine::standard_context(
+                    crate::context::standard_context(
                         shape,
                         &crate::request::RequestFacts::default(),
-                        "1970-01-01T00:00:00.000Z",
+                        0,
                         0,
                         &crate::quota::UsageView::default(),
-                        crate::slice::UsageNeeds::ALL,
+                        crate::slice::ContextNeeds::ALL,
                     )
                     .ok()
                     .is_some_and(|context: Context| {

@@ -208,8 +208,20 @@ fn resource_scope(rng: &mut Rng, world: &World) -> String {
     }
 }
 
+/// Request times; the `now` conditions below compare with the middle one.
+const TIMES: [&str; 3] = [
+    "2026-06-01T00:00:00Z",
+    "2026-12-04T12:00:00Z",
+    "2027-03-01T08:30:00.250Z",
+];
+
 fn condition(rng: &mut Rng) -> String {
-    match rng.below(7) {
+    match rng.below(10) {
+        // `context.now` is left out of the context when no sliced policy reads it, so every
+        // way of reading it must be found.
+        7 => "when { context.now > datetime(\"2026-12-04T12:00:00Z\") }".to_string(),
+        8 => "unless { context[\"now\"] < datetime(\"2026-12-04T12:00:00Z\") }".to_string(),
+        9 => "when { context has now && principal.level > 3 }".to_string(),
         0 | 1 => String::new(),
         2 => format!("when {{ principal.level > {} }}", rng.below(10)),
         // Overflows for large requests, so that some policies fail to evaluate.
@@ -314,7 +326,7 @@ fn sliced_decisions_equal_unsliced() {
             let request = CheckRequest::new(&principal, action, &resource)
                 .expect("valid request")
                 .with_tokens(0, tokens)
-                .at("2026-12-04T12:00:00Z");
+                .at(*rng.pick(&TIMES));
             let a = sliced.check(&request).expect("sliced decision");
             let b = unsliced.check(&request).expect("unsliced decision");
             if summary(&a) != summary(&b) {

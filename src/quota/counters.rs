@@ -132,7 +132,7 @@ impl UsageView {
     /// check. A policy that reads a left-out counter fails to evaluate, so the engine denies.
     pub(crate) fn context_record(
         &self,
-        needs: crate::slice::UsageNeeds,
+        needs: crate::slice::ContextNeeds,
     ) -> Result<RestrictedExpression, String> {
         let mut scopes = Vec::with_capacity(ScopeKind::ALL.len());
         for scope in ScopeKind::ALL {

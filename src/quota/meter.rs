@@ -16,6 +16,7 @@ use super::ledger::{Bucket, Ledger, LedgerEntry, LedgerError};
 use super::scope::{Prices, Scopes};
 use super::window::Window;
 use crate::decision::Decision;
+use crate::slice::ContextNeeds;
 
 /// The id of a pending reservation, returned by `Engine::check_and_reserve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -157,16 +158,18 @@ impl Meter {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reads the usage of `scopes` at `at_millis`, committed plus reserved.
+    /// Reads the usage of `scopes` at `at_millis`, committed plus reserved, in the windows
+    /// that `needs` names. The other windows are zero in the view.
     pub(crate) fn view(
         &self,
         scopes: &Scopes,
         at_millis: i64,
         clock_millis: i64,
+        needs: ContextNeeds,
     ) -> Result<UsageView, LedgerError> {
         let mut state = self.lock();
         state.expire_due(clock_millis);
-        state.view(self.ledger.as_ref(), scopes, at_millis)
+        state.view(self.ledger.as_ref(), scopes, at_millis, needs)
     }
 
     /// Replaces a reservation's estimate with the actual usage and writes it to the ledger.
@@ -293,15 +296,22 @@ impl MeterState {
             .unwrap_or(i64::MAX);
     }
 
+    /// Reads the windows of `scopes` that `needs` names, loading missing ones from the
+    /// ledger. A reservation only adds to loaded windows, so callers that reserve afterwards
+    /// must pass [`ContextNeeds::ALL`].
     pub(crate) fn view(
         &mut self,
         ledger: &dyn Ledger,
         scopes: &Scopes,
         at_millis: i64,
+        needs: ContextNeeds,
     ) -> Result<UsageView, LedgerError> {
         let mut view = UsageView::default();
         for (kind, scope) in scopes.iter() {
             for window in Window::ALL {
+                if !needs.contains_window(kind, window) {
+                    continue;
+                }
                 let bucket = Bucket {
                     scope: scope.to_string(),
                     window,
