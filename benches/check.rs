@@ -103,6 +103,19 @@ fn bench_check(c: &mut Criterion) {
     group.bench_function("modelgate_check", |b| {
         b.iter(|| engine.check(black_box(&request)))
     });
+    // Every request at a different millisecond, so that no check reuses the `now` value
+    // of the one before it (the engine keeps one per thread).
+    let distinct_now: Vec<CheckRequest> = (0..1000)
+        .map(|millis| {
+            request
+                .clone()
+                .at(format!("2026-12-04T12:00:00.{millis:03}Z"))
+        })
+        .collect();
+    let mut next = distinct_now.iter().cycle();
+    group.bench_function("modelgate_check_distinct_now", |b| {
+        b.iter(|| engine.check(black_box(next.next().expect("cycle never ends"))))
+    });
     group.bench_function("cedar_is_authorized", |b| {
         b.iter(|| {
             authorizer.is_authorized(

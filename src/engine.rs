@@ -133,7 +133,7 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Self, LoadError> {
         let mut cache = ValidationCache::default();
-        let mut snapshot = Snapshot::load_with_cache(&load_options, &mut cache)?;
+        let mut snapshot = Snapshot::load_with_cache(&load_options, &mut cache, None)?;
         snapshot.generation = 1;
         tracing::info!(
             generation = 1,
@@ -206,7 +206,7 @@ impl Engine {
                 .validation_cache
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Snapshot::load_with_cache(&self.load_options, &mut cache)
+            Snapshot::load_with_cache(&self.load_options, &mut cache, Some(&current))
         }
         .and_then(|snapshot| check(&current, &snapshot).map(|publish| (snapshot, publish)));
         let mut state = self

@@ -4,19 +4,19 @@
 //! A policy whose scope does not match a request is neither satisfied nor evaluated past its
 //! scope (Cedar evaluates the scope first and short-circuits), so leaving it out changes
 //! neither the decision, nor the determining policies, nor the errors. The slicer matches
-//! scopes exactly as Cedar does, in both directions: it never misses a matching policy, and
-//! it never returns one that does not match, because the policies it returns have their
+//! scopes exactly as Cedar does, in both directions. It never misses a matching policy. It
+//! never returns one that does not match either, because the policies it returns have their
 //! scope removed and Cedar no longer checks it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::quota::{ScopeKind, Window};
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, ResourceConstraint,
 };
 
 /// The parts of the standard context that a set of policies reads: `context.now` and the
@@ -82,9 +82,9 @@ impl ContextNeeds {
 
     /// Finds the `usage.SCOPE.WINDOW.COUNTER` paths and the identifier `now` in Cedar policy
     /// text, skipping comments and string literals. Any other use of an identifier `usage`
-    /// (a whole record, `has`, an unknown name), and any use of `context` not followed by
-    /// `.` (`context["now"]`, `context == ...`, `context has ...`), needs everything, so the
-    /// result never leaves out a part of the context that the policy reads.
+    /// (a whole record, `has`, an unknown name) needs everything. So does any use of
+    /// `context` not followed by `.` (`context["now"]`, `context == ...`, `context has ...`).
+    /// The result therefore never leaves out a part of the context that the policy reads.
     pub(crate) fn of_policy_text(text: &str) -> ContextNeeds {
         let bytes = text.as_bytes();
         let mut needs = ContextNeeds::default();
@@ -238,6 +238,12 @@ struct Scope {
 #[derive(Debug)]
 pub(crate) struct PolicyIndex {
     policies: Vec<Policy>,
+    /// Each policy with its scope removed, converted on its first use in a slice: Cedar's
+    /// JSON round trip costs about 0.1 ms per policy, too much to pay for every policy at
+    /// load.
+    unscoped: Vec<OnceLock<Policy>>,
+    /// The number of each policy, to carry conversions over to the next snapshot's index.
+    numbers: HashMap<PolicyId, u32>,
     scopes: Vec<Scope>,
     needs: Vec<ContextNeeds>,
     /// Policies whose principal scope names an entity (`==`, `in`, `is ... in`), by that entity.
@@ -259,10 +265,14 @@ pub(crate) struct Slice {
 }
 
 impl PolicyIndex {
-    /// Indexes every policy of `set`.
-    pub(crate) fn new(set: &PolicySet) -> Self {
+    /// Indexes every policy of `set`. Policies equal to one in `previous` (the index of the
+    /// snapshot being replaced) keep its scope-free form, so that a reload does not slow
+    /// down the checks that follow it.
+    pub(crate) fn new(set: &PolicySet, previous: Option<&PolicyIndex>) -> Self {
         let mut index = Self {
             policies: Vec::new(),
+            unscoped: Vec::new(),
+            numbers: HashMap::new(),
             scopes: Vec::new(),
             needs: Vec::new(),
             by_principal: HashMap::new(),
@@ -272,12 +282,22 @@ impl PolicyIndex {
             cache: ArcSwap::from_pointee(HashMap::new()),
         };
         for policy in set.policies() {
-            index.add(policy.clone());
+            let unscoped = previous
+                .and_then(|previous| previous.unscoped_of(policy))
+                .map_or_else(OnceLock::new, OnceLock::from);
+            index.add(policy.clone(), unscoped);
         }
         index
     }
 
-    fn add(&mut self, policy: Policy) {
+    /// Returns the scope-free form of `policy` if this index has converted an equal policy.
+    fn unscoped_of(&self, policy: &Policy) -> Option<Policy> {
+        let number = *self.numbers.get(policy.id())? as usize;
+        let unscoped = self.unscoped.get(number)?.get()?;
+        (self.policies.get(number)? == policy).then(|| unscoped.clone())
+    }
+
+    fn add(&mut self, policy: Policy, unscoped: OnceLock<Policy>) {
         let Ok(number) = u32::try_from(self.policies.len()) else {
             // INVARIANT: a policy set of more than 4 billion policies cannot be loaded in
             // memory, so this branch is never taken; skipping would only over-select.
@@ -325,7 +345,9 @@ impl PolicyIndex {
         }
         self.needs
             .push(ContextNeeds::of_policy_text(&policy.to_string()));
+        self.numbers.insert(policy.id().clone(), number);
         self.policies.push(policy);
+        self.unscoped.push(unscoped);
         self.scopes.push(scope);
     }
 
@@ -349,7 +371,12 @@ impl PolicyIndex {
         }
         let selected = candidates.iter().filter_map(|number| {
             let policy = self.policies.get(*number as usize)?;
-            Some(without_scope(policy).unwrap_or_else(|| policy.clone()))
+            let unscoped = self.unscoped.get(*number as usize)?;
+            Some(
+                unscoped
+                    .get_or_init(|| without_scope(policy).unwrap_or_else(|| policy.clone()))
+                    .clone(),
+            )
         });
         // INVARIANT: the policies come from a valid set with unique ids, so building a subset
         // does not fail. If it did, the empty fallback would deny, never allow.
@@ -462,6 +489,7 @@ impl<'a> Lineage<'a> {
 ///
 /// For a request that matches the original scope, the two evaluate alike: Cedar evaluates
 /// the scope first, and a scope over entity references cannot fail to evaluate.
+/// `tests/slicing_differential.rs` compares sliced and whole-set decisions to check this.
 fn without_scope(policy: &Policy) -> Option<Policy> {
     let mut json = policy.to_json().ok()?;
     let object = json.as_object_mut()?;
@@ -474,6 +502,7 @@ fn without_scope(policy: &Policy) -> Option<Policy> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     #[test]
     fn usage_paths_are_found() {
@@ -502,6 +531,45 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    fn policy_set(text: &str) -> PolicySet {
+        let mut set = PolicySet::new();
+        for (number, policy) in text.split(';').filter(|t| !t.trim().is_empty()).enumerate() {
+            let policy = format!("{policy};");
+            let policy = Policy::parse(Some(PolicyId::new(format!("p{number}"))), policy)
+                .expect("test policy parses");
+            set.add(policy).expect("unique id");
+        }
+        set
+    }
+
+    #[test]
+    fn reload_keeps_conversions_of_equal_policies() {
+        let before = policy_set(
+            "permit (principal == User::\"a\", action, resource);\
+             permit (principal == User::\"b\", action, resource) when { 1 < 2 };",
+        );
+        let old = PolicyIndex::new(&before, None);
+        let user = |id: &str| EntityUid::from_str(&format!("User::\"{id}\"")).expect("uid");
+        let action = EntityUid::from_str("Action::\"read\"").expect("uid");
+        for id in ["a", "b"] {
+            let slice = old.slice(&user(id), &action, &user("doc"), &Entities::empty());
+            assert_eq!(slice.policies.policies().count(), 1);
+        }
+
+        // p1 keeps its id but changes its condition.
+        let after = policy_set(
+            "permit (principal == User::\"a\", action, resource);\
+             permit (principal == User::\"b\", action, resource) when { 2 < 1 };",
+        );
+        let new = PolicyIndex::new(&after, Some(&old));
+        let converted: Vec<bool> = new.unscoped.iter().map(|p| p.get().is_some()).collect();
+        assert_eq!(converted, [true, false]);
+        let slice = new.slice(&user("b"), &action, &user("doc"), &Entities::empty());
+        let policy = slice.policies.policies().next().expect("one policy");
+        assert!(policy.to_string().contains("2 < 1"), "{policy}");
+        assert_eq!(policy.principal_constraint(), PrincipalConstraint::Any);
     }
 
     #[test]

@@ -170,14 +170,16 @@ impl Snapshot {
     /// assert!(snapshot.policy_count() > 0);
     /// ```
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
-        Self::load_with_cache(options, &mut ValidationCache::default())
+        Self::load_with_cache(options, &mut ValidationCache::default(), None)
     }
 
     /// Loads like [`Snapshot::load`], but strictly validates only the policy files whose text
-    /// or schema changed since the load that filled `cache`.
+    /// or schema changed since the load that filled `cache`, and reuses the work that
+    /// `previous` (the snapshot this one replaces) did for unchanged policies.
     pub(crate) fn load_with_cache(
         options: &LoadOptions,
         cache: &mut ValidationCache,
+        previous: Option<&Snapshot>,
     ) -> Result<Self, LoadError> {
         let (parsed, mut diagnostics) = parse_all(options);
         let Some(parsed) = parsed.filter(|parsed| parsed.complete) else {
@@ -198,7 +200,7 @@ impl Snapshot {
             .map(|uid| uid.id().unescaped().to_string())
             .collect();
         let action_envs = action_envs(&parsed.schema);
-        let index = PolicyIndex::new(&parsed.policies);
+        let index = PolicyIndex::new(&parsed.policies, previous.map(|previous| &previous.index));
         tracing::debug!(
             validation_ms = validated.as_secs_f64() * 1e3,
             indexing_ms = (started.elapsed() - validated).as_secs_f64() * 1e3,

@@ -98,7 +98,12 @@ impl Scopes {
     pub fn resolve(entities: &Entities, principal: &EntityUid) -> Self {
         let mut entries: Vec<(ScopeKind, String)> = Vec::with_capacity(6);
         let mut consider = |uid: &EntityUid| {
-            let Some(kind) = ScopeKind::of_entity_type(&uid.type_name().to_string()) else {
+            let entity_type = uid.type_name();
+            // Scope types are unqualified, so a namespaced type never is one.
+            if entity_type.namespace_components().next().is_some() {
+                return;
+            }
+            let Some(kind) = ScopeKind::of_entity_type(entity_type.basename()) else {
                 return;
             };
             let text = uid.to_string();
