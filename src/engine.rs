@@ -19,8 +19,7 @@ use crate::quota::{
 };
 use crate::request::{closest, CheckRequest, RequestError, DEFAULT_MAX_TOKENS};
 use crate::slice::{ContextNeeds, Slice};
-use crate::snapshot::{LoadError, Snapshot};
-use crate::validate::ValidationCache;
+use crate::snapshot::{LoadCache, LoadError, Snapshot};
 
 /// The rule for a policy that fails to evaluate (for example an integer overflow or a missing
 /// attribute). Cedar on its own skips such a policy, so an erroring `forbid` lets a `permit`
@@ -88,9 +87,13 @@ pub struct EngineStatus {
     pub policy_count: usize,
     /// Number of entities in use.
     pub entity_count: usize,
-    /// Number of policies that the last load or reload validated strictly; a reload
+    /// Number of policies that the load of the snapshot in use validated strictly; a reload
     /// validates only the policy files that changed.
     pub validated_policies: usize,
+    /// Number of policy and entity files that the load of the snapshot in use parsed. A
+    /// reload parses only the files whose text changed, and every entity file after a
+    /// schema change.
+    pub parsed_files: usize,
     /// The error of the last reload attempt, if it failed; cleared by a successful reload.
     pub last_error: Option<LoadError>,
 }
@@ -116,7 +119,7 @@ pub struct Engine {
     /// Serializes reloads.
     reload_lock: Mutex<()>,
     /// Validation results per policy file, so that a reload validates only changed files.
-    validation_cache: Mutex<ValidationCache>,
+    load_cache: Mutex<LoadCache>,
     reload_state: Mutex<Option<LoadError>>,
     meter: Meter,
 }
@@ -132,7 +135,7 @@ impl Engine {
         load_options: LoadOptions,
         options: EngineOptions,
     ) -> Result<Self, LoadError> {
-        let mut cache = ValidationCache::default();
+        let mut cache = LoadCache::default();
         let mut snapshot = Snapshot::load_with_cache(&load_options, &mut cache, None)?;
         snapshot.generation = 1;
         tracing::info!(
@@ -150,7 +153,7 @@ impl Engine {
             options,
             authorizer: Authorizer::new(),
             reload_lock: Mutex::new(()),
-            validation_cache: Mutex::new(cache),
+            load_cache: Mutex::new(cache),
             reload_state: Mutex::new(None),
             meter,
         })
@@ -203,7 +206,7 @@ impl Engine {
         let current = self.current.load_full();
         let loaded = {
             let mut cache = self
-                .validation_cache
+                .load_cache
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             Snapshot::load_with_cache(&self.load_options, &mut cache, Some(&current))
@@ -268,11 +271,8 @@ impl Engine {
             fingerprint: snapshot.fingerprint().to_string(),
             policy_count: snapshot.policy_count(),
             entity_count: snapshot.entity_count(),
-            validated_policies: self
-                .validation_cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .last_validated,
+            validated_policies: snapshot.validated_policies,
+            parsed_files: snapshot.parsed_files,
             last_error,
         }
     }

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use cedar_policy::{Entities, PolicyId, PolicySet, Schema, SchemaFragment};
+use cedar_policy::{
+    entities_errors::EntitiesError, Entities, ParseErrors, PolicyId, PolicySet, Schema,
+    SchemaFragment,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -80,18 +83,106 @@ pub(crate) struct Parsed {
     pub entities_complete: bool,
 }
 
+/// Parse results of earlier loads, per file. A policy file is parsed again only when its
+/// text changed, and an entity file when its text or the schema changed, so a reload after
+/// an edit to one file parses only that file. Files gone from disk drop out at the next load.
+#[derive(Debug, Default)]
+pub(crate) struct ParseCache {
+    policies: HashMap<PathBuf, (Arc<str>, PolicySet)>,
+    /// Each entity file's text, the schema text it was parsed with, and the result.
+    entities: HashMap<PathBuf, (Arc<str>, Arc<str>, Entities)>,
+    /// Number of policy and entity files that the last load parsed.
+    pub(crate) last_parsed: usize,
+}
+
+/// The entries of the previous load to look up, and the entries of this load.
+struct CacheRound<'a> {
+    previous: ParseCache,
+    next: &'a mut ParseCache,
+    /// The texts of the schema files, which entity parsing depends on.
+    schema_key: Arc<str>,
+}
+
+impl CacheRound<'_> {
+    fn policies(&mut self, source: &SourceFile) -> Result<PolicySet, Box<ParseErrors>> {
+        let cached = self
+            .previous
+            .policies
+            .remove(&source.path)
+            .filter(|(text, _)| *text == source.text);
+        let set = match cached {
+            Some((_, set)) => set,
+            None => {
+                self.next.last_parsed += 1;
+                PolicySet::from_str(&source.text).map_err(Box::new)?
+            }
+        };
+        self.next
+            .policies
+            .insert(source.path.clone(), (Arc::clone(&source.text), set.clone()));
+        Ok(set)
+    }
+
+    fn entities(
+        &mut self,
+        source: &SourceFile,
+        schema: &Schema,
+    ) -> Result<Entities, Box<EntitiesError>> {
+        let cached = self
+            .previous
+            .entities
+            .remove(&source.path)
+            .filter(|(text, schema_key, _)| *text == source.text && *schema_key == self.schema_key);
+        let entities = match cached {
+            Some((_, _, entities)) => entities,
+            None => {
+                self.next.last_parsed += 1;
+                Entities::from_json_str(&source.text, Some(schema)).map_err(Box::new)?
+            }
+        };
+        self.next.entities.insert(
+            source.path.clone(),
+            (
+                Arc::clone(&source.text),
+                Arc::clone(&self.schema_key),
+                entities.clone(),
+            ),
+        );
+        Ok(entities)
+    }
+}
+
 /// Reads and parses all sources, collecting every problem rather than stopping at the first.
-pub(crate) fn parse_all(options: &LoadOptions) -> (Option<Parsed>, Vec<Diagnostic>) {
+/// Files unchanged since the load that filled `cache` are not parsed again.
+pub(crate) fn parse_all(
+    options: &LoadOptions,
+    cache: &mut ParseCache,
+) -> (Option<Parsed>, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let mut sources = Vec::new();
 
     let started = std::time::Instant::now();
     let schema = load_schema(&options.schema, &mut sources, &mut diagnostics);
     let schema_done = started.elapsed();
-    let policies = load_policies(options, &mut sources, &mut diagnostics);
+    let schema_key: String = sources
+        .iter()
+        .map(|source| format!("{}\0{}\0", source.path.display(), source.text))
+        .collect();
+    let mut round = CacheRound {
+        previous: std::mem::take(cache),
+        next: cache,
+        schema_key: Arc::from(schema_key),
+    };
+    let policies = load_policies(options, &mut sources, &mut diagnostics, &mut round);
     let policies_done = started.elapsed();
     let entities = match &schema {
-        Some(schema) => load_entities(&options.entities, schema, &mut sources, &mut diagnostics),
+        Some(schema) => load_entities(
+            &options.entities,
+            schema,
+            &mut sources,
+            &mut diagnostics,
+            &mut round,
+        ),
         None => None,
     };
     tracing::debug!(
@@ -281,6 +372,7 @@ fn load_policies(
     options: &LoadOptions,
     sources: &mut Vec<SourceFile>,
     diagnostics: &mut Vec<Diagnostic>,
+    cache: &mut CacheRound<'_>,
 ) -> Option<LoadedPolicies> {
     let dir = &options.policy_dir;
     if !dir.is_dir() {
@@ -317,6 +409,7 @@ fn load_policies(
             &mut refs,
             &mut spans,
             diagnostics,
+            cache,
         ) {
             ok = false;
         }
@@ -350,8 +443,9 @@ fn parse_policy_file(
     refs: &mut HashMap<PolicyId, PolicyRef>,
     spans: &mut HashMap<PolicyId, (usize, usize, usize)>,
     diagnostics: &mut Vec<Diagnostic>,
+    cache: &mut CacheRound<'_>,
 ) -> bool {
-    let parsed = match PolicySet::from_str(&source.text) {
+    let parsed = match cache.policies(source) {
         Ok(parsed) => parsed,
         Err(errors) => {
             for error in errors.iter() {
@@ -539,6 +633,7 @@ fn load_entities(
     schema: &Schema,
     sources: &mut Vec<SourceFile>,
     diagnostics: &mut Vec<Diagnostic>,
+    cache: &mut CacheRound<'_>,
 ) -> Option<Entities> {
     let mut files = Vec::new();
     for path in paths {
@@ -554,7 +649,7 @@ fn load_entities(
         };
         // Cedar parses the text directly; serde_json runs only to explain a failure, because
         // its errors carry a line and column.
-        match Entities::from_json_str(&source.text, Some(schema)) {
+        match cache.entities(&source, schema) {
             Ok(entities) => parsed_files.push((sources.len(), entities)),
             Err(error) => {
                 ok = false;

@@ -12,6 +12,7 @@ use cedar_policy::{
 use crate::context::ContextShape;
 use crate::decision::PolicyRef;
 use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::load::ParseCache;
 use crate::load::{parse_all, LoadOptions};
 use crate::slice::PolicyIndex;
 use crate::validate::{sort_diagnostics, validate_parsed_with, ValidationCache};
@@ -141,6 +142,13 @@ fn action_envs(schema: &Schema) -> HashMap<EntityUid, ActionEnv> {
     envs
 }
 
+/// Work kept between the loads of one engine, so that a reload redoes only what changed.
+#[derive(Debug, Default)]
+pub(crate) struct LoadCache {
+    pub parse: ParseCache,
+    pub validation: ValidationCache,
+}
+
 /// A loaded policy set. Cheap to share behind an `Arc`; never changes after loading.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -157,6 +165,10 @@ pub struct Snapshot {
     warnings: Vec<Diagnostic>,
     loaded_at: SystemTime,
     pub(crate) generation: u64,
+    /// Number of policies that this load validated strictly (the rest came from the cache).
+    pub(crate) validated_policies: usize,
+    /// Number of policy and entity files that this load parsed.
+    pub(crate) parsed_files: usize,
 }
 
 impl Snapshot {
@@ -170,24 +182,24 @@ impl Snapshot {
     /// assert!(snapshot.policy_count() > 0);
     /// ```
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
-        Self::load_with_cache(options, &mut ValidationCache::default(), None)
+        Self::load_with_cache(options, &mut LoadCache::default(), None)
     }
 
-    /// Loads like [`Snapshot::load`], but strictly validates only the policy files whose text
-    /// or schema changed since the load that filled `cache`, and reuses the work that
-    /// `previous` (the snapshot this one replaces) did for unchanged policies.
+    /// Loads like [`Snapshot::load`], but parses and strictly validates only the files whose
+    /// text (or the schema) changed since the load that filled `cache`, and reuses the work
+    /// that `previous` (the snapshot this one replaces) did for unchanged policies.
     pub(crate) fn load_with_cache(
         options: &LoadOptions,
-        cache: &mut ValidationCache,
+        cache: &mut LoadCache,
         previous: Option<&Snapshot>,
     ) -> Result<Self, LoadError> {
-        let (parsed, mut diagnostics) = parse_all(options);
+        let (parsed, mut diagnostics) = parse_all(options, &mut cache.parse);
         let Some(parsed) = parsed.filter(|parsed| parsed.complete) else {
             sort_diagnostics(&mut diagnostics);
             return Err(LoadError { diagnostics });
         };
         let started = std::time::Instant::now();
-        diagnostics.extend(validate_parsed_with(&parsed, cache));
+        diagnostics.extend(validate_parsed_with(&parsed, &mut cache.validation));
         let validated = started.elapsed();
         sort_diagnostics(&mut diagnostics);
         if diagnostics.iter().any(Diagnostic::is_error) {
@@ -221,6 +233,8 @@ impl Snapshot {
             warnings: diagnostics,
             loaded_at: SystemTime::now(),
             generation: 0,
+            validated_policies: cache.validation.last_validated,
+            parsed_files: cache.parse.last_parsed,
         })
     }
 

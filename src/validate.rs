@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::decision::Effect;
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::load::{parse_all, LoadOptions, Parsed};
+use crate::load::{parse_all, LoadOptions, ParseCache, Parsed};
 
 /// The outcome of validating a policy directory: every problem found, in one run.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ impl ValidationReport {
 
 /// Parses and strictly validates everything `options` names, collecting every problem.
 pub fn validate(options: &LoadOptions) -> ValidationReport {
-    let (parsed, mut diagnostics) = parse_all(options);
+    let (parsed, mut diagnostics) = parse_all(options, &mut ParseCache::default());
     let Some(parsed) = parsed else {
         return ValidationReport {
             diagnostics,

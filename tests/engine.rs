@@ -367,6 +367,68 @@ action chat appliesTo { principal: [User], resource: [Model], context: { region:
 }
 
 #[test]
+fn reload_parses_only_changed_files() {
+    let dir = policy_dir(
+        r#"@id("team-3") @reason("team 3 may chat")
+permit (principal in Team::"team-3", action == Action::"chat", resource);"#,
+        json!([user_in_team("u1", "team-3")]),
+    );
+    fs::write(
+        dir.path().join("extra.cedar"),
+        r#"@id("extra") @reason("u1 may embed") permit (principal == User::"u1", action == Action::"embeddings", resource);"#,
+    )
+    .expect("write");
+    let schema_dir = tempfile::tempdir().expect("temp dir");
+    let schema_text =
+        fs::read_to_string(shipped_schema().join("modelgate.cedarschema")).expect("schema");
+    fs::write(schema_dir.path().join("s.cedarschema"), &schema_text).expect("write schema");
+    let engine = Engine::load(LoadOptions::new(dir.path(), schema_dir.path())).expect("loads");
+    assert_eq!(engine.status().parsed_files, 3);
+    assert!(engine
+        .check(&chat("User::\"u1\"", 10))
+        .expect("decision")
+        .is_allowed());
+
+    // One changed policy file is parsed again; the other policy file and the entities are not.
+    fs::write(
+        dir.path().join("extra.cedar"),
+        r#"@id("extra") @reason("u1 may moderate") permit (principal == User::"u1", action == Action::"moderation", resource);"#,
+    )
+    .expect("write");
+    assert_eq!(engine.reload().expect("reloads"), 2);
+    assert_eq!(engine.status().parsed_files, 1);
+    assert_eq!(engine.status().policy_count, 2);
+
+    // A changed entity file is parsed again and its data is used.
+    fs::write(
+        dir.path().join("entities/entities.json"),
+        json!([user_in_team("u1", "team-4")]).to_string(),
+    )
+    .expect("write entities");
+    assert_eq!(engine.reload().expect("reloads"), 3);
+    assert_eq!(engine.status().parsed_files, 1);
+    assert!(!engine
+        .check(&chat("User::\"u1\"", 10))
+        .expect("decision")
+        .is_allowed());
+
+    // Entities are parsed with the schema, so a schema change parses them again.
+    fs::write(
+        schema_dir.path().join("s.cedarschema"),
+        schema_text + "\n// comment\n",
+    )
+    .expect("write");
+    assert_eq!(engine.reload().expect("reloads"), 4);
+    assert_eq!(engine.status().parsed_files, 1);
+
+    // A deleted file leaves the set, and its cached parse goes with it.
+    fs::remove_file(dir.path().join("extra.cedar")).expect("remove");
+    assert_eq!(engine.reload().expect("reloads"), 5);
+    assert_eq!(engine.status().policy_count, 1);
+    assert_eq!(engine.status().parsed_files, 0);
+}
+
+#[test]
 fn reload_validates_only_changed_files() {
     let mut many = String::new();
     for team in 0..50 {
