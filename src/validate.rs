@@ -73,13 +73,19 @@ pub(crate) fn validate_parsed(parsed: &Parsed) -> Vec<Diagnostic> {
     validate_parsed_with(parsed, &mut ValidationCache::default())
 }
 
-/// Strict-validation results of policy files from earlier loads, so that a reload validates
-/// only the files that changed. Cedar validates each policy on its own against the schema, so
-/// a file whose text and schema are unchanged gives the same result. Problems across files
-/// (duplicate ids) are found by the loader, and the review lints always run in full.
+/// Strict-validation results from earlier loads, so that a reload validates only the
+/// policies that changed. Cedar validates each policy on its own against the schema, so a
+/// file, or a policy, whose text and schema are unchanged gives the same result. Problems
+/// across files (duplicate ids) are found by the loader, and the review lints always run in
+/// full.
 #[derive(Debug, Default)]
 pub(crate) struct ValidationCache {
     files: HashMap<PathBuf, CachedFile>,
+    /// The texts of policies that validated without any diagnostic under `clean_schema`.
+    /// Only clean results are kept per policy, because a diagnostic's location moves when
+    /// the policy moves within its file.
+    clean: HashSet<String>,
+    clean_schema: String,
     /// Number of policies strictly validated by the last load, for tests and logs.
     pub(crate) last_validated: usize,
 }
@@ -118,6 +124,10 @@ pub(crate) fn validate_parsed_with(
     let validator = Validator::new(parsed.schema.clone());
     let mut validated = 0;
     let mut next_files = HashMap::new();
+    let mut clean = std::mem::take(&mut cache.clean);
+    if cache.clean_schema != schema_key {
+        clean.clear();
+    }
     for (source_index, ids) in by_file {
         let Some(source) = parsed.sources.get(source_index) else {
             continue;
@@ -129,16 +139,28 @@ pub(crate) fn validate_parsed_with(
         let file_diagnostics = match cached {
             Some(cached) => cached.diagnostics,
             None => {
-                validated += ids.len();
-                let policies = ids
+                // Only the policies whose text has not validated cleanly before are validated.
+                let changed: Vec<(&PolicyId, String)> = ids
                     .iter()
-                    .filter_map(|id| parsed.policies.policy(id).cloned());
-                match PolicySet::from_policies(policies) {
+                    .filter_map(|id| Some((*id, parsed.policies.policy(id)?.to_string())))
+                    .filter(|(_, text)| !clean.contains(text))
+                    .collect();
+                validated += changed.len();
+                let policies = changed
+                    .iter()
+                    .filter_map(|(id, _)| parsed.policies.policy(id).cloned());
+                let (file_diagnostics, flagged) = match PolicySet::from_policies(policies) {
                     Ok(set) => validate_set(parsed, &validator, &set),
                     // INVARIANT: the ids are unique within the full set, so a subset builds;
                     // should it not, the whole set is validated instead.
                     Err(_) => validate_set(parsed, &validator, &parsed.policies),
+                };
+                for (id, text) in changed {
+                    if !flagged.contains(id) {
+                        clean.insert(text);
+                    }
                 }
+                file_diagnostics
             }
         };
         diagnostics.extend(file_diagnostics.iter().cloned());
@@ -151,6 +173,13 @@ pub(crate) fn validate_parsed_with(
             },
         );
     }
+    // Texts of deleted or edited policies stay until the set of texts outgrows the policy
+    // set by a wide margin.
+    if clean.len() > parsed.policies.policies().count().saturating_mul(4) {
+        clean.clear();
+    }
+    cache.clean = clean;
+    cache.clean_schema = schema_key;
     cache.files = next_files;
     cache.last_validated = validated;
     tracing::debug!(
@@ -167,10 +196,17 @@ pub(crate) fn validate_parsed_with(
     diagnostics
 }
 
-fn validate_set(parsed: &Parsed, validator: &Validator, set: &PolicySet) -> Vec<Diagnostic> {
+/// Validates `set` strictly. Returns the diagnostics and the ids of the policies that have one.
+fn validate_set(
+    parsed: &Parsed,
+    validator: &Validator,
+    set: &PolicySet,
+) -> (Vec<Diagnostic>, HashSet<PolicyId>) {
     let mut diagnostics = Vec::new();
+    let mut flagged = HashSet::new();
     let result = validator.validate(set, ValidationMode::Strict);
     for error in result.validation_errors() {
+        flagged.insert(error.policy_id().clone());
         diagnostics.push(cedar_validation_diagnostic(
             parsed,
             Severity::Error,
@@ -180,6 +216,7 @@ fn validate_set(parsed: &Parsed, validator: &Validator, set: &PolicySet) -> Vec<
         ));
     }
     for warning in result.validation_warnings() {
+        flagged.insert(warning.policy_id().clone());
         diagnostics.push(cedar_validation_diagnostic(
             parsed,
             Severity::Warning,
@@ -188,7 +225,7 @@ fn validate_set(parsed: &Parsed, validator: &Validator, set: &PolicySet) -> Vec<
             warning,
         ));
     }
-    diagnostics
+    (diagnostics, flagged)
 }
 
 fn cedar_validation_diagnostic(

@@ -426,6 +426,26 @@ permit (principal in Team::"team-3", action == Action::"chat", resource);"#,
     assert_eq!(engine.reload().expect("reloads"), 5);
     assert_eq!(engine.status().policy_count, 1);
     assert_eq!(engine.status().parsed_files, 0);
+
+    // An added entity file is merged in; when it is deleted again, its entities go too, even
+    // though no file was parsed.
+    fs::write(
+        dir.path().join("entities/more.json"),
+        json!([user_in_team("u2", "team-3")]).to_string(),
+    )
+    .expect("write entities");
+    assert_eq!(engine.reload().expect("reloads"), 6);
+    assert!(engine
+        .check(&chat("User::\"u2\"", 10))
+        .expect("decision")
+        .is_allowed());
+    fs::remove_file(dir.path().join("entities/more.json")).expect("remove");
+    assert_eq!(engine.reload().expect("reloads"), 7);
+    assert_eq!(engine.status().parsed_files, 0);
+    assert!(!engine
+        .check(&chat("User::\"u2\"", 10))
+        .expect("decision")
+        .is_allowed());
 }
 
 #[test]
@@ -485,4 +505,29 @@ fn reload_validates_only_changed_files() {
     .expect("write");
     assert_eq!(engine.reload().expect("reloads"), 3);
     assert_eq!(engine.status().validated_policies, 51);
+
+    // Within a changed file, only the changed policy is validated, and a text that
+    // validated cleanly before is not validated again.
+    let edited = many.replace(
+        "permit (principal in Team::\"team-7\", action == Action::\"chat\"",
+        "permit (principal in Team::\"team-7\", action == Action::\"moderation\"",
+    );
+    assert_ne!(edited, many);
+    fs::write(dir.path().join("policies.cedar"), &edited).expect("write");
+    assert_eq!(engine.reload().expect("reloads"), 4);
+    assert_eq!(engine.status().validated_policies, 1);
+    fs::write(dir.path().join("policies.cedar"), &many).expect("write");
+    assert_eq!(engine.reload().expect("reloads"), 5);
+    assert_eq!(engine.status().validated_policies, 0);
+
+    // A changed policy that no longer validates is still caught.
+    let broken = many.replace(
+        "permit (principal in Team::\"team-7\", action == Action::\"chat\", resource)",
+        "permit (principal in Team::\"team-7\", action == Action::\"chat\", resource) when { principal.nope }",
+    );
+    assert_ne!(broken, many);
+    fs::write(dir.path().join("policies.cedar"), &broken).expect("write");
+    let error = engine.reload().expect_err("validation error");
+    assert!(error.to_string().contains("policies.cedar"), "{error}");
+    assert_eq!(engine.status().generation, 5);
 }
