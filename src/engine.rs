@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{Authorizer, Entities, EntityUid, PolicyId, Request};
-use serde_json::Value;
 
 use crate::clock::{format_millis, parse_rfc3339_millis, Clock, SystemClock};
 use crate::context::{build_context, standard_context, ContextShape};
 use crate::decision::{Decision, Effect, EvaluationError, Outcome, PolicyRef, Reason, Status};
+use crate::inline::InlineEntities;
 use crate::load::LoadOptions;
 use crate::quota::{
     model_prices, ActualUsage, Admission, Counters, Ledger, LedgerEntry, MemoryLedger, Meter,
@@ -322,8 +322,8 @@ impl Engine {
         base: &Entities,
         usage: Option<&UsageView>,
     ) -> Result<Decision, RequestError> {
-        let prepared = self.prepare(snapshot, request, base)?;
-        let slice = self.slice(snapshot, request, &prepared, base);
+        let mut prepared = self.prepare(snapshot, request, base)?;
+        let slice = self.slice(snapshot, request, &mut prepared, base)?;
         if let Some(usage) = usage {
             return self.evaluate(snapshot, request, &prepared, slice.as_ref(), usage, base);
         }
@@ -348,8 +348,8 @@ impl Engine {
         usage: &UsageView,
     ) -> Result<Decision, RequestError> {
         let snapshot = self.current.load();
-        let prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
-        let slice = self.slice(&snapshot, request, &prepared, &snapshot.entities);
+        let mut prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
+        let slice = self.slice(&snapshot, request, &mut prepared, &snapshot.entities)?;
         self.evaluate(
             &snapshot,
             request,
@@ -371,8 +371,8 @@ impl Engine {
     /// [`EngineOptions::reservation_ttl`].
     pub fn check_and_reserve(&self, request: &CheckRequest) -> Result<Admission, RequestError> {
         let snapshot = self.current.load();
-        let prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
-        let slice = self.slice(&snapshot, request, &prepared, &snapshot.entities);
+        let mut prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
+        let slice = self.slice(&snapshot, request, &mut prepared, &snapshot.entities)?;
         let clock_millis = self.options.clock.now_millis();
 
         let mut state = self.meter.lock();
@@ -547,10 +547,21 @@ impl Engine {
             }
         }
 
-        let entities = if request.entities.is_empty() {
-            None
+        let (inline, entities, reached) = if request.entities.is_empty() {
+            (None, None, None)
         } else {
-            Some(merge_inline_entities(snapshot, base, &request.entities)?)
+            let inline = InlineEntities::parse(snapshot, &request.entities)?;
+            if fast_path && self.options.policy_slicing {
+                // The slice is not known yet, so this store has what the slicer reads; the
+                // policies' entity literals are added once the slice is known.
+                let roots = [&request.principal, &request.action, &request.resource];
+                let (store, reached) = inline.reachable_store(snapshot, base, roots)?;
+                (Some(inline), Some(store), Some(reached))
+            } else {
+                // A caller-supplied context can refer to any entity.
+                let store = inline.merge_into(snapshot, base)?;
+                (Some(inline), Some(store), None)
+            }
         };
         let effective = entities.as_ref().unwrap_or(base);
         let scopes = Scopes::resolve(effective, &request.principal);
@@ -572,6 +583,8 @@ impl Engine {
             now_millis,
             fast_path,
             shape,
+            inline,
+            reached,
             entities,
             scopes,
             prices,
@@ -581,22 +594,44 @@ impl Engine {
 
     /// Returns the policies to evaluate for a prepared request, or `None` to evaluate the
     /// whole set when slicing is off.
+    ///
+    /// For a request with inline entities whose store holds only the reachable entities,
+    /// this also adds the entities that the slice's policies name to that store.
     fn slice(
         &self,
         snapshot: &Snapshot,
         request: &CheckRequest,
-        prepared: &Prepared,
+        prepared: &mut Prepared,
         base: &Entities,
-    ) -> Option<Slice> {
+    ) -> Result<Option<Slice>, RequestError> {
         let entities = prepared.entities.as_ref().unwrap_or(base);
-        self.options.policy_slicing.then(|| {
+        let slice = self.options.policy_slicing.then(|| {
             snapshot.index.slice(
                 &request.principal,
                 &request.action,
                 &request.resource,
                 entities,
             )
-        })
+        });
+        if let (Some(inline), Some(reached)) = (&prepared.inline, &prepared.reached) {
+            let literals = slice.as_ref().and_then(|slice| slice.literals.clone());
+            match literals {
+                Some(literals) if literals.iter().all(|uid| reached.contains(uid)) => {}
+                Some(literals) => {
+                    let roots = [&request.principal, &request.action, &request.resource]
+                        .into_iter()
+                        .chain(literals.iter());
+                    let (store, reached) = inline.reachable_store(snapshot, base, roots)?;
+                    prepared.entities = Some(store);
+                    prepared.reached = Some(reached);
+                }
+                None => {
+                    prepared.entities = Some(inline.merge_into(snapshot, base)?);
+                    prepared.reached = None;
+                }
+            }
+        }
+        Ok(slice)
     }
 
     /// Evaluates a prepared request against the given usage, on `slice` or on the whole set.
@@ -764,6 +799,12 @@ struct Prepared {
     now_millis: i64,
     fast_path: bool,
     shape: ContextShape,
+    /// The request's inline entities, if it has any.
+    inline: Option<InlineEntities>,
+    /// With inline entities, the references that `entities` followed when it holds only the
+    /// reachable entities; `None` when it is the full merged store.
+    reached: Option<HashSet<EntityUid>>,
+    /// The entity store for a request with inline entities; `None` to use the base store.
     entities: Option<Entities>,
     scopes: Scopes,
     prices: Prices,
@@ -927,30 +968,4 @@ fn check_applies_to(
         }
     }
     Ok(())
-}
-
-/// Returns `base` with the request's inline entities added or replacing entities of the
-/// same id.
-pub(crate) fn merge_inline_entities(
-    snapshot: &Snapshot,
-    base: &Entities,
-    inline: &[Value],
-) -> Result<Entities, RequestError> {
-    let parsed = Entities::from_json_value(Value::Array(inline.to_vec()), Some(&snapshot.schema))
-        .map_err(|error| RequestError::InvalidEntities(error.to_string()))?;
-    let inline_ids: HashSet<EntityUid> = parsed
-        .iter()
-        .map(|entity| entity.uid())
-        .filter(|uid| uid.type_name().to_string() != "Action")
-        .collect();
-    let additions: Vec<cedar_policy::Entity> = parsed
-        .iter()
-        .filter(|entity| inline_ids.contains(&entity.uid()))
-        .cloned()
-        .collect();
-    // NOTE: this copies `base` once per request that carries inline entities; requests
-    // without inline entities use `base` as it is.
-    base.clone()
-        .upsert_entities(additions, Some(&snapshot.schema))
-        .map_err(|error| RequestError::InvalidEntities(error.to_string()))
 }

@@ -28,6 +28,7 @@ mod context;
 pub mod decision;
 pub mod diagnostic;
 pub mod engine;
+mod inline;
 pub mod load;
 pub mod quota;
 pub mod reload;

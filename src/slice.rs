@@ -241,7 +241,7 @@ pub(crate) struct PolicyIndex {
     /// Each policy with its scope removed, converted on its first use in a slice: Cedar's
     /// JSON round trip costs about 0.1 ms per policy, too much to pay for every policy at
     /// load.
-    unscoped: Vec<OnceLock<Policy>>,
+    unscoped: Vec<OnceLock<Converted>>,
     /// The number of each policy, to carry conversions over to the next snapshot's index.
     numbers: HashMap<PolicyId, u32>,
     scopes: Vec<Scope>,
@@ -262,6 +262,34 @@ pub(crate) struct PolicyIndex {
 pub(crate) struct Slice {
     pub policies: Arc<PolicySet>,
     pub needs: ContextNeeds,
+    /// The entity references in the policies (scope and conditions), or `None` if some
+    /// policy's could not be read.
+    pub literals: Option<Arc<[EntityUid]>>,
+}
+
+/// A policy in the form a slice evaluates, made on the policy's first use in a slice.
+#[derive(Debug, Clone)]
+struct Converted {
+    /// The policy without its scope, or the policy itself if Cedar could not convert it.
+    policy: Policy,
+    /// The entity references in the original policy, or `None` if they could not be read.
+    literals: Option<Arc<[EntityUid]>>,
+}
+
+impl Converted {
+    fn of(policy: &Policy) -> Self {
+        let Ok(json) = policy.to_json() else {
+            return Self {
+                policy: policy.clone(),
+                literals: None,
+            };
+        };
+        let literals = crate::inline::entity_literals(&json).map(Arc::from);
+        Self {
+            policy: without_scope(policy.id(), json).unwrap_or_else(|| policy.clone()),
+            literals,
+        }
+    }
 }
 
 impl PolicyIndex {
@@ -290,14 +318,14 @@ impl PolicyIndex {
         index
     }
 
-    /// Returns the scope-free form of `policy` if this index has converted an equal policy.
-    fn unscoped_of(&self, policy: &Policy) -> Option<Policy> {
+    /// Returns the converted form of `policy` if this index has converted an equal policy.
+    fn unscoped_of(&self, policy: &Policy) -> Option<Converted> {
         let number = *self.numbers.get(policy.id())? as usize;
         let unscoped = self.unscoped.get(number)?.get()?;
         (self.policies.get(number)? == policy).then(|| unscoped.clone())
     }
 
-    fn add(&mut self, policy: Policy, unscoped: OnceLock<Policy>) {
+    fn add(&mut self, policy: Policy, unscoped: OnceLock<Converted>) {
         let Ok(number) = u32::try_from(self.policies.len()) else {
             // INVARIANT: a policy set of more than 4 billion policies cannot be loaded in
             // memory, so this branch is never taken; skipping would only over-select.
@@ -369,23 +397,38 @@ impl PolicyIndex {
         if let Some(found) = self.cache.load().get(candidates.as_slice()) {
             return found.clone();
         }
-        let selected = candidates.iter().filter_map(|number| {
-            let policy = self.policies.get(*number as usize)?;
-            let unscoped = self.unscoped.get(*number as usize)?;
-            Some(
-                unscoped
-                    .get_or_init(|| without_scope(policy).unwrap_or_else(|| policy.clone()))
-                    .clone(),
-            )
-        });
+        let converted: Vec<&Converted> = candidates
+            .iter()
+            .filter_map(|number| {
+                let policy = self.policies.get(*number as usize)?;
+                let unscoped = self.unscoped.get(*number as usize)?;
+                Some(unscoped.get_or_init(|| Converted::of(policy)))
+            })
+            .collect();
+        let selected = converted.iter().map(|converted| converted.policy.clone());
         // INVARIANT: the policies come from a valid set with unique ids, so building a subset
         // does not fail. If it did, the empty fallback would deny, never allow.
         let policies = Arc::new(PolicySet::from_policies(selected).unwrap_or_default());
+        let literals = converted
+            .iter()
+            .try_fold(Vec::new(), |mut all: Vec<EntityUid>, converted| {
+                all.extend(converted.literals.as_deref()?.iter().cloned());
+                Some(all)
+            })
+            .map(|mut all| {
+                all.sort();
+                all.dedup();
+                Arc::from(all)
+            });
         let needs = candidates
             .iter()
             .filter_map(|number| self.needs.get(*number as usize))
             .fold(ContextNeeds::default(), |all, needs| all.union(*needs));
-        let slice = Slice { policies, needs };
+        let slice = Slice {
+            policies,
+            needs,
+            literals,
+        };
         let key: Box<[u32]> = candidates.into_boxed_slice();
         self.cache.rcu(|cache| {
             let mut next = if cache.len() >= MAX_CACHED_SLICES {
@@ -484,19 +527,19 @@ impl<'a> Lineage<'a> {
     }
 }
 
-/// Returns `policy` with an unconstrained scope (`principal, action, resource`) and the same
-/// id, effect, annotations and conditions, or `None` if Cedar cannot convert it.
+/// Returns the policy whose JSON form is `json` with an unconstrained scope
+/// (`principal, action, resource`) and the same id, effect, annotations and conditions, or
+/// `None` if Cedar cannot convert it.
 ///
 /// For a request that matches the original scope, the two evaluate alike: Cedar evaluates
 /// the scope first, and a scope over entity references cannot fail to evaluate.
 /// `tests/slicing_differential.rs` compares sliced and whole-set decisions to check this.
-fn without_scope(policy: &Policy) -> Option<Policy> {
-    let mut json = policy.to_json().ok()?;
+fn without_scope(id: &PolicyId, mut json: serde_json::Value) -> Option<Policy> {
     let object = json.as_object_mut()?;
     for part in ["principal", "action", "resource"] {
         object.insert(part.to_string(), serde_json::json!({ "op": "All" }));
     }
-    Policy::from_json(Some(policy.id().clone()), json).ok()
+    Policy::from_json(Some(id.clone()), json).ok()
 }
 
 #[cfg(test)]

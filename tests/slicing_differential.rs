@@ -19,7 +19,7 @@ const SCHEMA: &str = r#"
 entity Org;
 entity Team in [Org];
 entity Group in [Group, Team, Org];
-entity User in [Group, Team] { level: Long, flag?: Bool };
+entity User in [Group, Team] { level: Long, flag?: Bool, manager?: User };
 entity Folder in [Folder];
 entity Doc in [Folder] { size: Long };
 
@@ -122,7 +122,7 @@ fn world(rng: &mut Rng) -> World {
         }
         entities.push(json!({"uid": uid("Group", group), "attrs": {}, "parents": parents}));
     }
-    for user in &users {
+    for (i, user) in users.iter().enumerate() {
         let mut parents = Vec::new();
         for _ in 0..rng.below(3) {
             parents.push(uid("Group", rng.pick(&groups)));
@@ -133,6 +133,10 @@ fn world(rng: &mut Rng) -> World {
         let mut attrs = json!({"level": rng.below(10)});
         if rng.chance(50) {
             attrs["flag"] = json!(rng.chance(50));
+        }
+        // Managers are entity-valued attributes, which inline entities may point into.
+        if i > 0 && rng.chance(40) {
+            attrs["manager"] = uid("User", &users[rng.below(i)]);
         }
         entities.push(json!({"uid": uid("User", user), "attrs": attrs, "parents": parents}));
     }
@@ -215,8 +219,15 @@ const TIMES: [&str; 3] = [
     "2027-03-01T08:30:00.250Z",
 ];
 
-fn condition(rng: &mut Rng) -> String {
-    match rng.below(10) {
+fn condition(rng: &mut Rng, world: &World) -> String {
+    match rng.below(13) {
+        // Reads an entity reached through an attribute, and entities named by literals.
+        10 => "when { principal has manager && principal.manager.level > 4 }".to_string(),
+        11 => format!(
+            "when {{ principal has manager && principal.manager in Group::\"{}\" }}",
+            rng.pick(&world.groups)
+        ),
+        12 => format!("unless {{ Doc::\"{}\".size > 500 }}", rng.pick(&world.docs)),
         // `context.now` is left out of the context when no sliced policy reads it, so every
         // way of reading it must be found.
         7 => "when { context.now > datetime(\"2026-12-04T12:00:00Z\") }".to_string(),
@@ -248,7 +259,7 @@ fn policy_set(rng: &mut Rng, world: &World, count: usize) -> String {
             principal_scope(rng, world),
             action_scope(rng),
             resource_scope(rng, world),
-            condition(rng),
+            condition(rng, world),
         );
     }
     text
@@ -366,5 +377,106 @@ fn sliced_decisions_equal_unsliced() {
     assert!(
         with_errors > compared / 50,
         "only {with_errors} decisions with errors"
+    );
+}
+
+/// Returns inline entities for one request and the principal and resource to use.
+fn inline_entities(rng: &mut Rng, world: &World) -> (Vec<Value>, String, String) {
+    let mut principal = format!("User::\"{}\"", rng.pick(&world.users));
+    let mut resource = format!("Doc::\"{}\"", rng.pick(&world.docs));
+    let mut entities = Vec::new();
+    let user = |rng: &mut Rng, id: &str, parents: Vec<Value>| {
+        let mut attrs = json!({"level": rng.below(10)});
+        if rng.chance(50) {
+            attrs["manager"] = uid("User", rng.pick(&world.users));
+        }
+        json!({"uid": uid("User", id), "attrs": attrs, "parents": parents})
+    };
+    match rng.below(5) {
+        // A new user in existing groups and teams.
+        0 => {
+            let parents = vec![
+                uid("Group", rng.pick(&world.groups)),
+                uid("Team", rng.pick(&world.teams)),
+            ];
+            entities.push(user(rng, "newcomer", parents));
+            principal = "User::\"newcomer\"".to_string();
+        }
+        // An existing user replaced with other parents and attributes.
+        1 => {
+            let id = rng.pick(&world.users).clone();
+            let parents = vec![uid("Group", rng.pick(&world.groups))];
+            entities.push(user(rng, &id, parents));
+            principal = format!("User::\"{id}\"");
+        }
+        // A new group between a new user and an existing group.
+        2 => {
+            entities.push(json!({"uid": uid("Group", "newgroup"), "attrs": {},
+                "parents": [uid("Group", rng.pick(&world.groups)), uid("Team", rng.pick(&world.teams))]}));
+            entities.push(user(rng, "newcomer", vec![uid("Group", "newgroup")]));
+            principal = "User::\"newcomer\"".to_string();
+        }
+        // An existing group moved under other parents: its members' ancestors change.
+        3 => {
+            let group = rng.pick(&world.groups).clone();
+            entities.push(json!({"uid": uid("Group", &group), "attrs": {},
+                "parents": [uid("Team", rng.pick(&world.teams)), uid("Org", rng.pick(&world.orgs))]}));
+        }
+        // A new document in an existing folder.
+        _ => {
+            entities.push(
+                json!({"uid": uid("Doc", "newdoc"), "attrs": {"size": rng.below(1000)},
+                "parents": [uid("Folder", rng.pick(&world.folders))]}),
+            );
+            resource = "Doc::\"newdoc\"".to_string();
+        }
+    }
+    (entities, principal, resource)
+}
+
+#[test]
+fn inline_entities_decide_as_merged_store() {
+    let mut compared = 0;
+    let mut allowed = 0;
+    for seed in 1..=8u64 {
+        let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+        let world = world(&mut rng);
+        let count = 30 + rng.below(120);
+        let policies = policy_set(&mut rng, &world, count);
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_set(dir.path(), &world, &policies);
+        // The sliced engine builds a store of the reachable entities; the unsliced one
+        // merges the inline entities into a copy of the whole store.
+        let sliced = engine(dir.path(), true);
+        let unsliced = engine(dir.path(), false);
+
+        for _ in 0..300 {
+            let (entities, principal, resource) = inline_entities(&mut rng, &world);
+            let action = *rng.pick(&LEAF_ACTIONS);
+            let mut request = CheckRequest::new(&principal, action, &resource)
+                .expect("valid request")
+                .with_tokens(0, rng.below(20_000) as u64)
+                .at(*rng.pick(&TIMES));
+            request.entities = entities.clone();
+            let a = sliced.check(&request).expect("sliced decision");
+            let b = unsliced.check(&request).expect("unsliced decision");
+            assert_eq!(
+                summary(&a),
+                summary(&b),
+                "seed {seed}: {principal} {action} {resource}\ninline: {}\npolicies:\n{policies}",
+                Value::Array(entities)
+            );
+            compared += 1;
+            allowed += usize::from(a.is_allowed());
+        }
+    }
+    assert_eq!(compared, 8 * 300);
+    assert!(
+        allowed > compared / 20,
+        "only {allowed} of {compared} allowed"
+    );
+    assert!(
+        allowed < compared * 19 / 20,
+        "{allowed} of {compared} allowed"
     );
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use crate::decision::{Decision, Outcome};
 use crate::diagnostic::Diagnostic;
-use crate::engine::{merge_inline_entities, Engine};
+use crate::engine::Engine;
+use crate::inline::InlineEntities;
 use crate::load::discover;
 use crate::request::{closest, parse_entity, CheckRequest};
 use crate::snapshot::Snapshot;
@@ -437,7 +438,8 @@ fn build_store(
         Entities::from_json_value(Value::Array(values.to_vec()), Some(&snapshot.schema))
             .map_err(|error| CaseError::new(format!("invalid entities: {error}"), help))
     } else {
-        merge_inline_entities(snapshot, &snapshot.entities, values)
+        InlineEntities::parse(snapshot, values)
+            .and_then(|inline| inline.merge_into(snapshot, &snapshot.entities))
             .map_err(|error| CaseError::new(format!("invalid fixture entities: {error}"), help))
     }
 }
