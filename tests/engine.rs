@@ -366,15 +366,11 @@ action chat appliesTo { principal: [User], resource: [Model], context: { region:
     assert!(matches!(error, RequestError::SchemaMismatch(_)), "{error}");
 }
 
-#[test]
-fn reload_parses_only_changed_files() {
-    let dir = policy_dir(
-        r#"@id("team-3") @reason("team 3 may chat")
-permit (principal in Team::"team-3", action == Action::"chat", resource);"#,
-        json!([user_in_team("u1", "team-3")]),
-    );
+/// Writes `extra.cedar` (u1 may call embeddings) into `dir`, and a copy of the shipped schema
+/// into a new directory, which it returns with the schema text, so that tests can edit both.
+fn add_extra_policy_and_schema(dir: &Path) -> (tempfile::TempDir, String) {
     fs::write(
-        dir.path().join("extra.cedar"),
+        dir.join("extra.cedar"),
         r#"@id("extra") @reason("u1 may embed") permit (principal == User::"u1", action == Action::"embeddings", resource);"#,
     )
     .expect("write");
@@ -382,6 +378,17 @@ permit (principal in Team::"team-3", action == Action::"chat", resource);"#,
     let schema_text =
         fs::read_to_string(shipped_schema().join("modelgate.cedarschema")).expect("schema");
     fs::write(schema_dir.path().join("s.cedarschema"), &schema_text).expect("write schema");
+    (schema_dir, schema_text)
+}
+
+#[test]
+fn reload_parses_only_changed_files() {
+    let dir = policy_dir(
+        r#"@id("team-3") @reason("team 3 may chat")
+permit (principal in Team::"team-3", action == Action::"chat", resource);"#,
+        json!([user_in_team("u1", "team-3")]),
+    );
+    let (schema_dir, schema_text) = add_extra_policy_and_schema(dir.path());
     let engine = Engine::load(LoadOptions::new(dir.path(), schema_dir.path())).expect("loads");
     assert_eq!(engine.status().parsed_files, 3);
     assert!(engine
@@ -457,15 +464,7 @@ fn reload_validates_only_changed_files() {
         ));
     }
     let dir = policy_dir(&many, json!([user_in_team("u1", "team-3")]));
-    fs::write(
-        dir.path().join("extra.cedar"),
-        r#"@id("extra") @reason("u1 may embed") permit (principal == User::"u1", action == Action::"embeddings", resource);"#,
-    )
-    .expect("write");
-    let schema_dir = tempfile::tempdir().expect("temp dir");
-    let schema_text =
-        fs::read_to_string(shipped_schema().join("modelgate.cedarschema")).expect("schema");
-    fs::write(schema_dir.path().join("s.cedarschema"), &schema_text).expect("write schema");
+    let (schema_dir, schema_text) = add_extra_policy_and_schema(dir.path());
     let engine = Engine::load(LoadOptions::new(dir.path(), schema_dir.path())).expect("loads");
     assert_eq!(engine.status().validated_policies, 51);
 

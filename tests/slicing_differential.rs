@@ -302,6 +302,30 @@ fn summary(decision: &Decision) -> (String, Vec<String>, Vec<(String, String)>, 
     )
 }
 
+/// A random world and policy set on disk, loaded with and without slicing.
+struct Generated {
+    world: World,
+    policies: String,
+    sliced: Engine,
+    unsliced: Engine,
+    _dir: tempfile::TempDir,
+}
+
+fn generate(rng: &mut Rng) -> Generated {
+    let world = world(rng);
+    let count = 30 + rng.below(120);
+    let policies = policy_set(rng, &world, count);
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_set(dir.path(), &world, &policies);
+    Generated {
+        sliced: engine(dir.path(), true),
+        unsliced: engine(dir.path(), false),
+        world,
+        policies,
+        _dir: dir,
+    }
+}
+
 #[test]
 fn sliced_decisions_equal_unsliced() {
     let mut compared = 0;
@@ -309,13 +333,13 @@ fn sliced_decisions_equal_unsliced() {
     let mut with_errors = 0;
     for seed in 1..=12u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let world = world(&mut rng);
-        let count = 30 + rng.below(120);
-        let policies = policy_set(&mut rng, &world, count);
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_set(dir.path(), &world, &policies);
-        let sliced = engine(dir.path(), true);
-        let unsliced = engine(dir.path(), false);
+        let Generated {
+            world,
+            policies,
+            sliced,
+            unsliced,
+            _dir,
+        } = generate(&mut rng);
 
         for _ in 0..400 {
             let principal = if rng.chance(5) {
@@ -440,15 +464,15 @@ fn inline_entities_decide_as_merged_store() {
     let mut allowed = 0;
     for seed in 1..=8u64 {
         let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
-        let world = world(&mut rng);
-        let count = 30 + rng.below(120);
-        let policies = policy_set(&mut rng, &world, count);
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_set(dir.path(), &world, &policies);
         // The sliced engine builds a store of the reachable entities; the unsliced one
         // merges the inline entities into a copy of the whole store.
-        let sliced = engine(dir.path(), true);
-        let unsliced = engine(dir.path(), false);
+        let Generated {
+            world,
+            policies,
+            sliced,
+            unsliced,
+            _dir,
+        } = generate(&mut rng);
 
         for _ in 0..300 {
             let (entities, principal, resource) = inline_entities(&mut rng, &world);
