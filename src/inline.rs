@@ -31,7 +31,7 @@ impl InlineEntities {
         let mut ids = HashSet::new();
         for value in inline {
             let entity = Entity::from_json_value(value.clone(), Some(&snapshot.schema))
-                .map_err(|error| RequestError::InvalidEntities(error.to_string()))?;
+                .map_err(|error| invalid_entities(&error))?;
             let uid = entity.uid();
             if is_action(&uid) {
                 continue;
@@ -55,7 +55,7 @@ impl InlineEntities {
     ) -> Result<Entities, RequestError> {
         base.clone()
             .upsert_entities(self.entities.iter().cloned(), Some(&snapshot.schema))
-            .map_err(|error| RequestError::InvalidEntities(error.to_string()))
+            .map_err(|error| invalid_entities(&error))
     }
 
     /// Returns the store that evaluation sees when these entities are merged into `base`,
@@ -77,7 +77,7 @@ impl InlineEntities {
             push_references(entity, &mut queue);
         }
         let inline_parents = Entities::from_entities(self.entities.iter().cloned(), None)
-            .map_err(|error| RequestError::InvalidEntities(error.to_string()))?;
+            .map_err(|error| invalid_entities(&error))?;
         for entity in &self.entities {
             if let Some(ancestors) = inline_parents.ancestors(&entity.uid()) {
                 queue.extend(ancestors.cloned());
@@ -104,15 +104,31 @@ impl InlineEntities {
 
         // Entities from `base` conform to the schema already and carry their ancestors, so
         // only the inline entities are checked against the schema.
-        let invalid = |error: cedar_policy::entities_errors::EntitiesError| {
-            RequestError::InvalidEntities(error.to_string())
-        };
+        let invalid =
+            |error: cedar_policy::entities_errors::EntitiesError| invalid_entities(&error);
         let store = Entities::from_entities(reached, None).map_err(invalid)?;
         let store = store
             .upsert_entities(self.entities.iter().cloned(), Some(&snapshot.schema))
             .map_err(invalid)?;
         Ok((store, seen))
     }
+}
+
+/// Returns the error for inline entities that Cedar rejected, with Cedar's causes: the
+/// top-level message alone ("entity does not conform to the schema") does not say which
+/// attribute is wrong.
+fn invalid_entities(error: &dyn std::error::Error) -> RequestError {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    RequestError::InvalidEntities(message)
 }
 
 /// Queues the entities that `entity`'s attributes and tags refer to.

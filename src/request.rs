@@ -160,7 +160,10 @@ impl miette::Diagnostic for RequestError {
             RequestError::InvalidJson(_) | RequestError::Incomplete(_) => {
                 "see the request format in the README (principal, action, model, tokens)"
             }
-            RequestError::InvalidEntities(_) | RequestError::SchemaMismatch(_) => {
+            RequestError::InvalidEntities(_) => {
+                "write each inline entity in Cedar's entity JSON format (`uid`, `attrs`, `parents`), once, with the attributes its type declares in the schema"
+            }
+            RequestError::SchemaMismatch(_) => {
                 "make the request match the action's `appliesTo` declaration in the schema"
             }
             RequestError::EstimateOutOfRange { .. } => "ask for fewer tokens",

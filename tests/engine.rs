@@ -223,6 +223,25 @@ fn inline_entity_violating_schema_is_rejected() {
     })];
     let error = engine.check(&request).expect_err("schema violation");
     assert!(matches!(error, RequestError::InvalidEntities(_)), "{error}");
+    // Cedar's cause names the attribute, not only "does not conform".
+    assert!(error.to_string().contains("revoked"), "{error}");
+
+    request.entities = vec![json!({
+        "uid": {"type": "ApiKey", "id": "key-guest"},
+        "attrs": {"created_at": "2026-12-01T00:00:00Z"},
+        "parents": []
+    })];
+    let error = engine.check(&request).expect_err("missing attribute");
+    assert!(error.to_string().contains("`revoked`"), "{error}");
+
+    let guest = json!({
+        "uid": {"type": "ApiKey", "id": "key-guest"},
+        "attrs": {"created_at": "2026-12-01T00:00:00Z", "revoked": false},
+        "parents": []
+    });
+    request.entities = vec![guest.clone(), guest];
+    let error = engine.check(&request).expect_err("duplicate entity");
+    assert!(error.to_string().contains("more than once"), "{error}");
 }
 
 #[test]
