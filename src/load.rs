@@ -577,14 +577,16 @@ fn parse_policy_file(
                 Diagnostic::error(
                     "duplicate-id",
                     format!(
-                        "policy id `{id}` is already used at {}:{}",
+                        "policy id `{id}` is used twice: here and at {}:{}",
                         existing.file.display(),
                         existing.line
                     ),
                 )
                 .at(source, offset, text.len())
                 .for_policy(&id)
-                .with_help("give every policy a unique `@id(\"...\")`"),
+                .with_help(
+                    "give every policy a unique `@id(\"...\")`; rename the one that was added last",
+                ),
             );
             ok = false;
             continue;

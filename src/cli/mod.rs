@@ -104,13 +104,15 @@ pub fn run() -> ExitCode {
 }
 
 /// Logs go to standard error, off unless `RUST_LOG` enables them, so that they never mix
-/// with results on standard output.
+/// with results on standard output. They are coloured only when standard error is a terminal.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -373,7 +373,7 @@ fn reject_emptied_files(current: &Snapshot, next: &Snapshot) -> Result<(), LoadE
         .map(|source| {
             Diagnostic::error(
                 "emptied-file",
-                "file is empty but was not in the policy set in use; it may be in the middle of being written",
+                "file is now empty but had content in the policy set in use; it may be in the middle of being written",
             )
             .at_line_column(source, 1, 1)
             .with_help("write the new content to a temporary file and rename it over this one; delete the file to remove its policies")
