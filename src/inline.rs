@@ -25,8 +25,12 @@ pub(crate) struct InlineEntities {
 impl InlineEntities {
     /// Parses inline entities with the snapshot's schema, one by one: parsing them as one
     /// store would also build every action entity of the schema. Action entities come from
-    /// the schema and are left out.
+    /// the schema and are left out. A parent whose type the entity's type does not declare
+    /// is rejected (see [`crate::parents`]).
     pub(crate) fn parse(snapshot: &Snapshot, inline: &[Value]) -> Result<Self, RequestError> {
+        if let Some(problem) = snapshot.parent_types.undeclared(inline).first() {
+            return Err(RequestError::InvalidEntities(problem.message()));
+        }
         let mut entities = Vec::with_capacity(inline.len());
         let mut ids = HashSet::new();
         for value in inline {
@@ -58,7 +62,7 @@ impl InlineEntities {
             .map_err(|error| invalid_entities(&error))
     }
 
-    /// Returns the store that evaluation sees when these entities are merged into `base`,
+    /// Returns the store that evaluation reads when these entities are merged into `base`,
     /// limited to the entities reachable from `roots` and from these entities, and the
     /// references it followed (reached or not).
     ///

@@ -30,6 +30,7 @@ pub mod diagnostic;
 pub mod engine;
 mod inline;
 pub mod load;
+mod parents;
 pub mod quota;
 pub mod reload;
 pub mod render;

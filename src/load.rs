@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::{Effect, PolicyRef, Status};
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
+use crate::parents::{ParentTypes, UndeclaredParent};
 
 /// The locations of a policy set on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,8 @@ impl LoadOptions {
 #[derive(Debug)]
 pub(crate) struct Parsed {
     pub schema: Schema,
+    /// The parent types the schema declares for each entity type.
+    pub parent_types: ParentTypes,
     pub policies: PolicySet,
     pub policy_refs: HashMap<PolicyId, PolicyRef>,
     /// Byte range of each policy in its file, for locating lints.
@@ -138,7 +141,8 @@ impl CacheRound<'_> {
         &mut self,
         source: &SourceFile,
         schema: &Schema,
-    ) -> Result<Entities, Box<EntitiesError>> {
+        parent_types: &ParentTypes,
+    ) -> Result<Entities, EntityFileError> {
         let cached = self
             .previous
             .entities
@@ -149,7 +153,16 @@ impl CacheRound<'_> {
             None => {
                 self.next.last_parsed += 1;
                 self.entity_files_parsed += 1;
-                Entities::from_json_str(&source.text, Some(schema)).map_err(Box::new)?
+                let entities = Entities::from_json_str(&source.text, Some(schema))
+                    .map_err(|error| EntityFileError::Cedar(Box::new(error)))?;
+                // Cedar accepted the file, so it is a JSON array of entities.
+                let json: Value = serde_json::from_str(&source.text).unwrap_or_default();
+                let undeclared =
+                    parent_types.undeclared(json.as_array().map(Vec::as_slice).unwrap_or_default());
+                if !undeclared.is_empty() {
+                    return Err(EntityFileError::UndeclaredParents(undeclared));
+                }
+                entities
             }
         };
         self.next.entities.insert(
@@ -162,6 +175,12 @@ impl CacheRound<'_> {
         );
         Ok(entities)
     }
+}
+
+/// Why an entity file was rejected.
+enum EntityFileError {
+    Cedar(Box<EntitiesError>),
+    UndeclaredParents(Vec<UndeclaredParent>),
 }
 
 /// Reads and parses all sources, collecting every problem rather than stopping at the first.
@@ -189,9 +208,10 @@ pub(crate) fn parse_all(
     let policies = load_policies(options, &mut sources, &mut diagnostics, &mut round);
     let policies_done = started.elapsed();
     let entities = match &schema {
-        Some(schema) => load_entities(
+        Some((schema, parent_types)) => load_entities(
             &options.entities,
             schema,
+            parent_types,
             &mut sources,
             &mut diagnostics,
             &mut round,
@@ -207,7 +227,9 @@ pub(crate) fn parse_all(
 
     let complete = !diagnostics.iter().any(Diagnostic::is_error);
     // Without a schema nothing can be validated; without any policy there is nothing to lint.
-    let (Some(schema), Some((policies, policy_refs, policy_spans))) = (schema, policies) else {
+    let (Some((schema, parent_types)), Some((policies, policy_refs, policy_spans))) =
+        (schema, policies)
+    else {
         return (None, diagnostics);
     };
     let entities_complete = entities.is_some();
@@ -221,6 +243,7 @@ pub(crate) fn parse_all(
     let fingerprint = fingerprint(&sources);
     let parsed = Parsed {
         schema,
+        parent_types,
         policies,
         policy_refs,
         policy_spans,
@@ -309,7 +332,7 @@ fn load_schema(
     paths: &[PathBuf],
     sources: &mut Vec<SourceFile>,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Schema> {
+) -> Option<(Schema, ParentTypes)> {
     let mut files = Vec::new();
     for path in paths {
         files.extend(discover_or_report(
@@ -332,6 +355,7 @@ fn load_schema(
     }
 
     let mut fragments = Vec::new();
+    let mut parent_types = ParentTypes::default();
     let before = diagnostics.len();
     for path in files {
         let Some(source) = read_source(&path, diagnostics) else {
@@ -346,6 +370,21 @@ fn load_schema(
                         &warning,
                         Some(&source),
                     ));
+                }
+                // Cedar's JSON form of the fragment lists each type's declared parents.
+                match fragment
+                    .to_json_string()
+                    .map(|json| serde_json::from_str(&json))
+                {
+                    Ok(Ok(json)) => parent_types.add_fragment(&json),
+                    _ => diagnostics.push(
+                        Diagnostic::error(
+                            "schema-parents",
+                            "cannot read the declared parent types of the schema's entity types",
+                        )
+                        .in_file(&source.path)
+                        .with_help("report this schema to the modelgate maintainers"),
+                    ),
                 }
                 fragments.push(fragment);
             }
@@ -362,7 +401,7 @@ fn load_schema(
         return None;
     }
     match Schema::from_schema_fragments(fragments) {
-        Ok(schema) => Some(schema),
+        Ok(schema) => Some((schema, parent_types)),
         Err(error) => {
             let mut diagnostic =
                 Diagnostic::from_cedar(Severity::Error, "schema-invalid", &error, None);
@@ -649,6 +688,7 @@ impl HelpIfMissing for Diagnostic {
 fn load_entities(
     paths: &[PathBuf],
     schema: &Schema,
+    parent_types: &ParentTypes,
     sources: &mut Vec<SourceFile>,
     diagnostics: &mut Vec<Diagnostic>,
     cache: &mut CacheRound<'_>,
@@ -667,9 +707,23 @@ fn load_entities(
         };
         // Cedar parses the text directly; serde_json runs only to explain a failure, because
         // its errors carry a line and column.
-        match cache.entities(&source, schema) {
+        match cache.entities(&source, schema, parent_types) {
             Ok(entities) => parsed_files.push((sources.len(), entities)),
-            Err(error) => {
+            Err(EntityFileError::UndeclaredParents(problems)) => {
+                ok = false;
+                for problem in problems {
+                    let mut diagnostic = Diagnostic::error("entity-parent-type", problem.message())
+                        .in_file(&source.path)
+                        .with_help(
+                            "give the entity a parent of a declared type, or add the parent's type to `in [...]` in the schema",
+                        );
+                    if let Some(offset) = locate_entity_in(&source.text, &problem.entity) {
+                        diagnostic = diagnostic.at(&source, offset, 1);
+                    }
+                    diagnostics.push(diagnostic);
+                }
+            }
+            Err(EntityFileError::Cedar(error)) => {
                 ok = false;
                 let diagnostic = match serde_json::from_str::<Value>(&source.text) {
                     Err(syntax) => json_syntax_diagnostic(&source, &syntax),

@@ -153,6 +153,7 @@ pub(crate) struct LoadCache {
 #[derive(Debug)]
 pub struct Snapshot {
     pub(crate) schema: Schema,
+    pub(crate) parent_types: crate::parents::ParentTypes,
     pub(crate) policies: PolicySet,
     pub(crate) refs: HashMap<PolicyId, PolicyRef>,
     pub(crate) entities: Entities,
@@ -223,6 +224,7 @@ impl Snapshot {
             action_envs,
             index,
             schema: parsed.schema,
+            parent_types: parsed.parent_types,
             policies: parsed.policies,
             refs: parsed.policy_refs,
             entities: parsed.entities,

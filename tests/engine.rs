@@ -245,6 +245,39 @@ fn inline_entity_violating_schema_is_rejected() {
 }
 
 #[test]
+fn parent_of_undeclared_type_is_rejected() {
+    // Cedar accepts a key directly under a role, because users may be in roles and keys in
+    // users; the schema declares `ApiKey in [Workspace, User, Service]`.
+    let key_under_role = json!({
+        "uid": {"type": "ApiKey", "id": "key-boss"},
+        "attrs": {"created_at": "2026-12-01T00:00:00Z", "revoked": false},
+        "parents": [{"type": "Role", "id": "admin"}]
+    });
+
+    let engine = Engine::load(LoadOptions::new("policies", "schema")).expect("shipped set loads");
+    let mut request = chat("ApiKey::\"key-boss\"", 100);
+    request.entities = vec![key_under_role.clone()];
+    let error = engine.check(&request).expect_err("undeclared parent type");
+    assert!(matches!(error, RequestError::InvalidEntities(_)), "{error}");
+    assert!(
+        error.to_string().contains("has parent `Role::\"admin\"`"),
+        "{error}"
+    );
+
+    let dir = policy_dir(
+        r#"@id("admins") @reason("admins may chat")
+permit (principal in Role::"admin", action == Action::"chat", resource);"#,
+        json!([{"uid": {"type": "Role", "id": "admin"}, "attrs": {}, "parents": []}, key_under_role]),
+    );
+    let Err(error) = Engine::load(LoadOptions::new(dir.path(), shipped_schema())) else {
+        panic!("an undeclared parent type in an entity file must not load");
+    };
+    let text = error.to_string();
+    assert!(text.contains("entities.json"), "{text}");
+    assert!(text.contains("has parent `Role::\"admin\"`"), "{text}");
+}
+
+#[test]
 fn request_time_and_context_are_checked() {
     let engine = Engine::load(LoadOptions::new("policies", "schema")).expect("shipped set loads");
 
