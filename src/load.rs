@@ -725,18 +725,37 @@ fn load_entities(
             }
             Err(EntityFileError::Cedar(error)) => {
                 ok = false;
-                let diagnostic = match serde_json::from_str::<Value>(&source.text) {
-                    Err(syntax) => json_syntax_diagnostic(&source, &syntax),
-                    Ok(Value::Array(_)) => entity_diagnostic(&source, &error),
-                    Ok(_) => {
-                        Diagnostic::error("entities-shape", "an entity file must hold a JSON array")
-                            .at(&source, 0, 1)
-                            .with_help(
-                                "write `[ {\"uid\": ..., \"attrs\": ..., \"parents\": ...}, ... ]`",
-                            )
+                match serde_json::from_str::<Value>(&source.text) {
+                    Err(syntax) => diagnostics.push(json_syntax_diagnostic(&source, &syntax)),
+                    Ok(Value::Array(items)) => {
+                        // Cedar stops at the first bad entity; parsing each one on its own
+                        // reports them all. Problems between entities (a duplicate id, a
+                        // cycle) show only in Cedar's own error.
+                        let each: Vec<Diagnostic> = items
+                            .iter()
+                            .filter_map(|item| {
+                                cedar_policy::Entity::from_json_value(item.clone(), Some(schema))
+                                    .err()
+                            })
+                            .map(|error| entity_diagnostic(&source, &error))
+                            .collect();
+                        if each.is_empty() {
+                            diagnostics.push(entity_diagnostic(&source, &error));
+                        } else {
+                            diagnostics.extend(each);
+                        }
                     }
-                };
-                diagnostics.push(diagnostic);
+                    Ok(_) => diagnostics.push(
+                        Diagnostic::error(
+                            "entities-shape",
+                            "an entity file must hold a JSON array",
+                        )
+                        .at(&source, 0, 1)
+                        .with_help(
+                            "write `[ {\"uid\": ..., \"attrs\": ..., \"parents\": ...}, ... ]`",
+                        ),
+                    ),
+                }
             }
         }
         sources.push(source);

@@ -77,6 +77,18 @@ fn entity_errors_are_located() {
         "{}",
         run.stderr
     );
+    // Every bad entity of a file is reported, not only the first.
+    assert!(
+        run.stderr.contains("entities/schema.json:9:"),
+        "{}",
+        run.stderr
+    );
+    // A parent of a type that the schema does not list in `in [...]`.
+    assert!(
+        run.stderr.contains("entities/parents.json:3:"),
+        "{}",
+        run.stderr
+    );
     insta::assert_snapshot!(run.transcript());
 }
 
