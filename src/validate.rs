@@ -18,7 +18,8 @@ pub struct ValidationReport {
     pub diagnostics: Vec<Diagnostic>,
     /// Number of policies parsed (0 when parsing failed).
     pub policy_count: usize,
-    /// Number of entities loaded, including action entities from the schema.
+    /// Number of entities loaded, including action entities from the schema (0 when an
+    /// entity file failed to load).
     pub entity_count: usize,
 }
 
@@ -49,7 +50,13 @@ pub fn validate(options: &LoadOptions) -> ValidationReport {
     ValidationReport {
         diagnostics,
         policy_count: parsed.policy_refs.len(),
-        entity_count: parsed.entities.len(),
+        // Without the entity files only the schema's action entities are loaded, which is not
+        // the count a reader expects.
+        entity_count: if parsed.entities_complete {
+            parsed.entities.len()
+        } else {
+            0
+        },
     }
 }
 
