@@ -75,7 +75,8 @@ fn watch_prints_reloads_and_rejections() {
         reloaded.starts_with("reloaded generation 2: 3 policies, 6 entities in "),
         "{reloaded}"
     );
-    assert!(reloaded.ends_with("(changed: policies)"), "{reloaded}");
+    assert!(reloaded.contains("(changed: policies)"), "{reloaded}");
+    let warnings_before = warning_count(&reloaded);
 
     write_atomic(
         &fixture.policy_file(),
@@ -96,6 +97,32 @@ fn watch_prints_reloads_and_rejections() {
         cleared,
         "files match generation 2 again; the reload error is cleared"
     );
+
+    // A policy without `@id` and `@reason` loads, and the reload line counts the lints.
+    write_atomic(
+        &fixture.policy_file(),
+        &format!("{V2}\npermit (principal, action, resource);\n"),
+    );
+    let warned = next_line();
+    assert!(
+        warned.starts_with("reloaded generation 3: 4 policies"),
+        "{warned}"
+    );
+    assert!(
+        warning_count(&warned) > warnings_before,
+        "{warned} has no more warnings than {reloaded}"
+    );
+}
+
+/// Reads the number of warnings at the end of a reload line (`..., 5 warnings`), 0 if none.
+fn warning_count(line: &str) -> usize {
+    line.rsplit_once(", ")
+        .and_then(|(_, tail)| {
+            tail.strip_suffix(" warnings")
+                .or_else(|| tail.strip_suffix(" warning"))
+        })
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]

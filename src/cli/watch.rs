@@ -77,15 +77,23 @@ pub fn run(args: &WatchArgs) -> u8 {
 
 fn print_event(out: &mut impl Write, event: &ReloadEvent, rejected_before: bool) -> io::Result<()> {
     match event {
-        ReloadEvent::Reloaded(summary) => writeln!(
-            out,
-            "reloaded generation {}: {} policies, {} entities in {} ms (changed: {})",
-            summary.generation,
-            summary.policy_count,
-            summary.entity_count,
-            summary.duration.as_millis(),
-            summary.changed.describe()
-        )?,
+        ReloadEvent::Reloaded(summary) => {
+            print_diagnostics(&summary.warnings, Format::Human);
+            let warnings = match summary.warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".to_string(),
+                count => format!(", {count} warnings"),
+            };
+            writeln!(
+                out,
+                "reloaded generation {}: {} policies, {} entities in {} ms (changed: {}){warnings}",
+                summary.generation,
+                summary.policy_count,
+                summary.entity_count,
+                summary.duration.as_millis(),
+                summary.changed.describe()
+            )?;
+        }
         ReloadEvent::Unchanged { generation, .. } => {
             if rejected_before {
                 writeln!(

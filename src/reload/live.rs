@@ -89,6 +89,8 @@ pub struct ReloadSummary {
     pub duration: Duration,
     /// Kinds of source files changed since the previous snapshot.
     pub changed: ChangedSources,
+    /// Warnings of the new snapshot (review lints and Cedar's validation warnings).
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// The outcome of one reload attempt of a [`LiveEngine`].
@@ -289,13 +291,14 @@ impl Reloader {
                 ChangedSources::between(current, next),
                 next.policy_count(),
                 next.entity_count(),
+                next.warnings().to_vec(),
             ));
             Ok(true)
         });
         let duration = started.elapsed();
 
         let event = match (result, changed) {
-            (Ok(generation), Some((changed, policy_count, entity_count))) => {
+            (Ok(generation), Some((changed, policy_count, entity_count, warnings))) => {
                 tracing::info!(
                     generation,
                     changed = %changed.describe(),
@@ -309,6 +312,7 @@ impl Reloader {
                     entity_count,
                     duration,
                     changed,
+                    warnings,
                 })
             }
             (Ok(generation), None) if moved_on => {
