@@ -6,6 +6,7 @@
 
 #![allow(
     clippy::expect_used,
+    clippy::panic,
     clippy::indexing_slicing,
     reason = "a benchmark on a broken fixture should stop"
 )]
