@@ -138,17 +138,7 @@ impl Diagnostic {
         error: &dyn miette::Diagnostic,
         source: Option<&SourceFile>,
     ) -> Self {
-        let mut message = error.to_string();
-        let mut cause = error.source();
-        while let Some(inner) = cause {
-            let text = inner.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            cause = inner.source();
-        }
-        let mut diagnostic = Self::new(severity, code, message);
+        let mut diagnostic = Self::new(severity, code, message_with_causes(error));
         if let Some(help) = error.help() {
             diagnostic.help = Some(help.to_string());
         }
@@ -228,6 +218,22 @@ impl SourceFile {
         let rest = self.text.get(*start..).unwrap_or("");
         rest.split('\n').next().unwrap_or("").trim_end_matches('\r')
     }
+}
+
+/// Returns an error's message followed by each cause in its source chain that the message does
+/// not already contain, joined by `: `.
+pub(crate) fn message_with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    message
 }
 
 #[cfg(test)]

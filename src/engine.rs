@@ -118,7 +118,8 @@ pub struct Engine {
     authorizer: Authorizer,
     /// Serializes reloads.
     reload_lock: Mutex<()>,
-    /// Validation results per policy file, so that a reload validates only changed files.
+    /// Parse and validation results kept between loads, so that a reload redoes only what
+    /// changed.
     load_cache: Mutex<LoadCache>,
     reload_state: Mutex<Option<LoadError>>,
     meter: Meter,
@@ -322,8 +323,7 @@ impl Engine {
         base: &Entities,
         usage: Option<&UsageView>,
     ) -> Result<Decision, RequestError> {
-        let mut prepared = self.prepare(snapshot, request, base)?;
-        let slice = self.slice(snapshot, request, &mut prepared, base)?;
+        let (prepared, slice) = self.prepare_sliced(snapshot, request, base)?;
         if let Some(usage) = usage {
             return self.evaluate(snapshot, request, &prepared, slice.as_ref(), usage, base);
         }
@@ -348,8 +348,7 @@ impl Engine {
         usage: &UsageView,
     ) -> Result<Decision, RequestError> {
         let snapshot = self.current.load();
-        let mut prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
-        let slice = self.slice(&snapshot, request, &mut prepared, &snapshot.entities)?;
+        let (prepared, slice) = self.prepare_sliced(&snapshot, request, &snapshot.entities)?;
         self.evaluate(
             &snapshot,
             request,
@@ -371,8 +370,7 @@ impl Engine {
     /// [`EngineOptions::reservation_ttl`].
     pub fn check_and_reserve(&self, request: &CheckRequest) -> Result<Admission, RequestError> {
         let snapshot = self.current.load();
-        let mut prepared = self.prepare(&snapshot, request, &snapshot.entities)?;
-        let slice = self.slice(&snapshot, request, &mut prepared, &snapshot.entities)?;
+        let (prepared, slice) = self.prepare_sliced(&snapshot, request, &snapshot.entities)?;
         let clock_millis = self.options.clock.now_millis();
 
         let mut state = self.meter.lock();
@@ -554,8 +552,8 @@ impl Engine {
             if fast_path && self.options.policy_slicing {
                 // The slice is not known yet, so this store has what the slicer reads; the
                 // policies' entity literals are added once the slice is known.
-                let roots = [&request.principal, &request.action, &request.resource];
-                let (store, reached) = inline.reachable_store(snapshot, base, roots)?;
+                let (store, reached) =
+                    inline.reachable_store(snapshot, base, request_entities(request))?;
                 (Some(inline), Some(store), Some(reached))
             } else {
                 // A caller-supplied context can refer to any entity.
@@ -592,6 +590,18 @@ impl Engine {
         })
     }
 
+    /// Prepares a request and returns it with the policies to evaluate.
+    fn prepare_sliced(
+        &self,
+        snapshot: &Snapshot,
+        request: &CheckRequest,
+        base: &Entities,
+    ) -> Result<(Prepared, Option<Slice>), RequestError> {
+        let mut prepared = self.prepare(snapshot, request, base)?;
+        let slice = self.slice(snapshot, request, &mut prepared, base)?;
+        Ok((prepared, slice))
+    }
+
     /// Returns the policies to evaluate for a prepared request, or `None` to evaluate the
     /// whole set when slicing is off.
     ///
@@ -618,9 +628,7 @@ impl Engine {
             match literals {
                 Some(literals) if literals.iter().all(|uid| reached.contains(uid)) => {}
                 Some(literals) => {
-                    let roots = [&request.principal, &request.action, &request.resource]
-                        .into_iter()
-                        .chain(literals.iter());
+                    let roots = request_entities(request).into_iter().chain(literals.iter());
                     let (store, reached) = inline.reachable_store(snapshot, base, roots)?;
                     prepared.entities = Some(store);
                     prepared.reached = Some(reached);
@@ -945,6 +953,11 @@ fn check_types(snapshot: &Snapshot, request: &CheckRequest) -> Result<(), Reques
         }
     }
     Ok(())
+}
+
+/// Returns the request's principal, action and resource.
+fn request_entities(request: &CheckRequest) -> [&EntityUid; 3] {
+    [&request.principal, &request.action, &request.resource]
 }
 
 /// Rejects a principal or resource type that the action does not apply to.

@@ -4,7 +4,7 @@
 //! to the store, so a request gets a small store instead: its inline entities plus every
 //! entity of the snapshot that evaluation can reach. Evaluation reaches an entity only
 //! through the request's principal, action and resource, an entity literal in an evaluated
-//! policy, or an attribute or tag of an entity it reached. The small store also holds the
+//! policy, or an attribute or tag of an entity it reached. The small store also contains the
 //! ancestors of every entity in it, so that Cedar computes the same ancestors for them as
 //! it would in the full store.
 
@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 use serde_json::Value;
 
+use crate::diagnostic::message_with_causes;
 use crate::request::RequestError;
 use crate::snapshot::Snapshot;
 
@@ -67,7 +68,7 @@ impl InlineEntities {
     /// references it followed (reached or not).
     ///
     /// For every entity in the result, its attributes, tags and ancestors are the same as
-    /// in `merge_into`'s result, as long as `roots` holds the request's principal, action
+    /// in `merge_into`'s result, as long as `roots` contains the request's principal, action
     /// and resource and every entity literal of the policies evaluated.
     pub(crate) fn reachable_store<'a>(
         &self,
@@ -79,13 +80,9 @@ impl InlineEntities {
         for entity in &self.entities {
             queue.push(entity.uid());
             push_references(entity, &mut queue);
-        }
-        let inline_parents = Entities::from_entities(self.entities.iter().cloned(), None)
-            .map_err(|error| invalid_entities(&error))?;
-        for entity in &self.entities {
-            if let Some(ancestors) = inline_parents.ancestors(&entity.uid()) {
-                queue.extend(ancestors.cloned());
-            }
+            // A parsed entity's ancestors are its parents until a store computes more.
+            let (_, _, parents) = entity.clone().into_inner();
+            queue.extend(parents);
         }
 
         // The base version of a replaced entity is included too, so that Cedar removes the
@@ -122,17 +119,7 @@ impl InlineEntities {
 /// top-level message alone ("entity does not conform to the schema") does not say which
 /// attribute is wrong.
 fn invalid_entities(error: &dyn std::error::Error) -> RequestError {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message.push_str(": ");
-            message.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    RequestError::InvalidEntities(message)
+    RequestError::InvalidEntities(message_with_causes(error))
 }
 
 /// Queues the entities that `entity`'s attributes and tags refer to.
@@ -192,7 +179,12 @@ fn collect_literals(json: &Value, found: &mut Vec<EntityUid>) -> Option<()> {
                     cedar_policy::EntityId::new(id),
                 ));
             }
-            for value in object.values() {
+            // Annotations are strings, so `@type` and `@id` would read as a reference.
+            let values = object
+                .iter()
+                .filter(|(key, _)| *key != "annotations")
+                .map(|(_, value)| value);
+            for value in values {
                 collect_literals(value, found)?;
             }
         }

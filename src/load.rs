@@ -177,10 +177,25 @@ impl CacheRound<'_> {
     }
 }
 
-/// Why an entity file was rejected.
+/// The reason an entity file was rejected.
 enum EntityFileError {
     Cedar(Box<EntitiesError>),
     UndeclaredParents(Vec<UndeclaredParent>),
+}
+
+/// Returns the paths and texts of the schema files among `sources`, the key under which
+/// results that depend on the schema are kept between loads.
+pub(crate) fn schema_key(sources: &[SourceFile]) -> String {
+    sources
+        .iter()
+        .filter(|source| {
+            source
+                .path
+                .extension()
+                .is_some_and(|ext| ext == "cedarschema")
+        })
+        .map(|source| format!("{}\0{}\0", source.path.display(), source.text))
+        .collect()
 }
 
 /// Reads and parses all sources, collecting every problem rather than stopping at the first.
@@ -195,14 +210,10 @@ pub(crate) fn parse_all(
     let started = std::time::Instant::now();
     let schema = load_schema(&options.schema, &mut sources, &mut diagnostics);
     let schema_done = started.elapsed();
-    let schema_key: String = sources
-        .iter()
-        .map(|source| format!("{}\0{}\0", source.path.display(), source.text))
-        .collect();
     let mut round = CacheRound {
         previous: std::mem::take(cache),
         next: cache,
-        schema_key: Arc::from(schema_key),
+        schema_key: Arc::from(schema_key(&sources)),
         entity_files_parsed: 0,
     };
     let policies = load_policies(options, &mut sources, &mut diagnostics, &mut round);
@@ -731,7 +742,7 @@ fn load_entities(
                         // Cedar stops at the first bad entity; parsing each one on its own
                         // reports them all. Problems between entities (a duplicate id, a
                         // cycle) show only in Cedar's own error.
-                        let each: Vec<Diagnostic> = items
+                        let per_entity: Vec<Diagnostic> = items
                             .iter()
                             .filter_map(|item| {
                                 cedar_policy::Entity::from_json_value(item.clone(), Some(schema))
@@ -739,10 +750,10 @@ fn load_entities(
                             })
                             .map(|error| entity_diagnostic(&source, &error))
                             .collect();
-                        if each.is_empty() {
+                        if per_entity.is_empty() {
                             diagnostics.push(entity_diagnostic(&source, &error));
                         } else {
-                            diagnostics.extend(each);
+                            diagnostics.extend(per_entity);
                         }
                     }
                     Ok(_) => diagnostics.push(

@@ -62,7 +62,7 @@ impl ParentTypes {
                     .filter_map(Value::as_str);
                 for parent in parents {
                     // A name without `::` may mean the type in this namespace or a global
-                    // one; both are accepted, so the check never rejects a valid parent.
+                    // one. Both are accepted, so the check never rejects a valid parent.
                     entry.insert(parent.to_string());
                     if !parent.contains("::") {
                         entry.insert(qualify(namespace, parent));

@@ -238,10 +238,10 @@ struct Scope {
 #[derive(Debug)]
 pub(crate) struct PolicyIndex {
     policies: Vec<Policy>,
-    /// Each policy with its scope removed, converted on its first use in a slice: Cedar's
+    /// Each policy in the form a slice evaluates, made on its first use in a slice. Cedar's
     /// JSON round trip costs about 0.1 ms per policy, too much to pay for every policy at
     /// load.
-    unscoped: Vec<OnceLock<Converted>>,
+    converted: Vec<OnceLock<Converted>>,
     /// The number of each policy, to carry conversions over to the next snapshot's index.
     numbers: HashMap<PolicyId, u32>,
     scopes: Vec<Scope>,
@@ -299,7 +299,7 @@ impl PolicyIndex {
     pub(crate) fn new(set: &PolicySet, previous: Option<&PolicyIndex>) -> Self {
         let mut index = Self {
             policies: Vec::new(),
-            unscoped: Vec::new(),
+            converted: Vec::new(),
             numbers: HashMap::new(),
             scopes: Vec::new(),
             needs: Vec::new(),
@@ -310,22 +310,22 @@ impl PolicyIndex {
             cache: ArcSwap::from_pointee(HashMap::new()),
         };
         for policy in set.policies() {
-            let unscoped = previous
-                .and_then(|previous| previous.unscoped_of(policy))
+            let converted = previous
+                .and_then(|previous| previous.converted_of(policy))
                 .map_or_else(OnceLock::new, OnceLock::from);
-            index.add(policy.clone(), unscoped);
+            index.add(policy.clone(), converted);
         }
         index
     }
 
     /// Returns the converted form of `policy` if this index has converted an equal policy.
-    fn unscoped_of(&self, policy: &Policy) -> Option<Converted> {
+    fn converted_of(&self, policy: &Policy) -> Option<Converted> {
         let number = *self.numbers.get(policy.id())? as usize;
-        let unscoped = self.unscoped.get(number)?.get()?;
-        (self.policies.get(number)? == policy).then(|| unscoped.clone())
+        let converted = self.converted.get(number)?.get()?;
+        (self.policies.get(number)? == policy).then(|| converted.clone())
     }
 
-    fn add(&mut self, policy: Policy, unscoped: OnceLock<Converted>) {
+    fn add(&mut self, policy: Policy, converted: OnceLock<Converted>) {
         let Ok(number) = u32::try_from(self.policies.len()) else {
             // INVARIANT: a policy set of more than 4 billion policies cannot be loaded in
             // memory, so this branch is never taken; skipping would only over-select.
@@ -375,7 +375,7 @@ impl PolicyIndex {
             .push(ContextNeeds::of_policy_text(&policy.to_string()));
         self.numbers.insert(policy.id().clone(), number);
         self.policies.push(policy);
-        self.unscoped.push(unscoped);
+        self.converted.push(converted);
         self.scopes.push(scope);
     }
 
@@ -401,8 +401,8 @@ impl PolicyIndex {
             .iter()
             .filter_map(|number| {
                 let policy = self.policies.get(*number as usize)?;
-                let unscoped = self.unscoped.get(*number as usize)?;
-                Some(unscoped.get_or_init(|| Converted::of(policy)))
+                let converted = self.converted.get(*number as usize)?;
+                Some(converted.get_or_init(|| Converted::of(policy)))
             })
             .collect();
         let selected = converted.iter().map(|converted| converted.policy.clone());
@@ -607,7 +607,7 @@ mod tests {
              permit (principal == User::\"b\", action, resource) when { 2 < 1 };",
         );
         let new = PolicyIndex::new(&after, Some(&old));
-        let converted: Vec<bool> = new.unscoped.iter().map(|p| p.get().is_some()).collect();
+        let converted: Vec<bool> = new.converted.iter().map(|p| p.get().is_some()).collect();
         assert_eq!(converted, [true, false]);
         let slice = new.slice(&user("b"), &action, &user("doc"), &Entities::empty());
         let policy = slice.policies.policies().next().expect("one policy");

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::decision::Effect;
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::load::{parse_all, LoadOptions, ParseCache, Parsed};
+use crate::load::{parse_all, schema_key, LoadOptions, ParseCache, Parsed};
 
 /// The outcome of validating a policy directory: every problem found, in one run.
 #[derive(Debug, Clone)]
@@ -111,17 +111,7 @@ pub(crate) fn validate_parsed_with(
     cache: &mut ValidationCache,
 ) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
-    let schema_key: String = parsed
-        .sources
-        .iter()
-        .filter(|source| {
-            source
-                .path
-                .extension()
-                .is_some_and(|ext| ext == "cedarschema")
-        })
-        .map(|source| format!("{}\0{}\0", source.path.display(), source.text))
-        .collect();
+    let schema_key = schema_key(&parsed.sources);
 
     // Group the policies by file.
     let mut by_file: HashMap<usize, Vec<&PolicyId>> = HashMap::new();
