@@ -98,6 +98,11 @@ fn duplicate_id_names_both_files() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("team-a/p.cedar:1"), "{}", run.stderr);
     assert!(run.stderr.contains("team-b/p.cedar:1:1"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is used twice: here and at"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

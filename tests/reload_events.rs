@@ -253,6 +253,13 @@ fn emptied_file_is_rejected_until_rewritten() {
     let error = status.engine.last_error.expect("no error reported");
     let diagnostic = error.errors().next().unwrap();
     assert_eq!(diagnostic.code, "emptied-file");
+    assert!(
+        diagnostic
+            .message
+            .contains("now empty but had content in the policy set in use"),
+        "{}",
+        diagnostic.message
+    );
     assert_eq!(
         diagnostic.file.as_deref(),
         Some(fixture.policy_file().as_path())
